@@ -154,3 +154,16 @@ def test_unknown_network_is_labelled_by_its_key_after_the_legend(tmp_path):
     assert [(row["network"], row["legend"]) for row in rows] == [("rpp", LEGEND["rpp"]), ("mystery", "mystery")]
     assert "–" not in summary_markdown(rows)  # one seed: no range
     assert (tmp_path / "out" / "figure.png").stat().st_size > 0
+
+
+def test_report_files_survive_a_wandb_that_does_not_start(tmp_path, monkeypatch, capsys):
+    wandb = pytest.importorskip("wandb")
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("No API key configured")
+
+    monkeypatch.setattr(wandb, "init", refuse)
+    write_job(tmp_path / "a", "rpp", 0)
+    build_report(tmp_path, wandb_mode="online")
+    assert "W&B did not start (No API key configured)" in capsys.readouterr().err
+    assert (tmp_path / "report" / "summary.csv").is_file() and (tmp_path / "report" / "figure.svg").is_file()

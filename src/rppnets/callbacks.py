@@ -1,0 +1,71 @@
+"""Lightning callbacks that record what each run must report: model size, epoch speed, peak memory."""
+
+import resource
+import sys
+import time
+
+import pytorch_lightning as pl
+import torch
+
+from rppnets.models import count_dense_equivalent, count_trainable
+
+
+def log_once(trainer: pl.Trainer, metrics: dict) -> None:
+    """Send run-level numbers straight to every logger and keep them in `trainer.callback_metrics`."""
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step=trainer.global_step)
+    trainer.callback_metrics.update({key: torch.tensor(value) for key, value in metrics.items()})
+
+
+class ModelStats(pl.Callback):
+    """Logs ``model/params_trainable``, ``model/params_dense_equivalent`` and the stored permutation index."""
+
+    def on_fit_start(self, trainer, pl_module):
+        from rppnets.rpp_linear import index_storage
+
+        elements, nbytes = index_storage(pl_module)
+        log_once(trainer, {
+            "model/params_trainable": count_trainable(pl_module),
+            "model/params_dense_equivalent": count_dense_equivalent(pl_module),
+            "model/index_elements": elements,
+            "model/index_bytes": nbytes,
+        })
+
+
+class EpochTimer(pl.Callback):
+    """Logs ``time/epoch_s`` (training batches only, validation excluded) and ``time/samples_per_s``."""
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.start, self.elapsed, self.samples = self._now(pl_module), None, 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.samples += len(batch[0])
+
+    def on_validation_start(self, trainer, pl_module):
+        # Validation runs inside the training epoch: stop the clock when it begins.
+        if not trainer.sanity_checking and self.elapsed is None:
+            self.elapsed = self._now(pl_module) - self.start
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if self.elapsed is None:
+            self.elapsed = self._now(pl_module) - self.start
+        pl_module.log_dict({"time/epoch_s": self.elapsed, "time/samples_per_s": self.samples / self.elapsed})
+
+    @staticmethod
+    def _now(pl_module) -> float:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+        return time.perf_counter()
+
+
+class PeakMemory(pl.Callback):
+    """Logs peak memory once, named for what it measures: CUDA allocations on a GPU, resident set on the CPU."""
+
+    def on_train_end(self, trainer, pl_module):
+        if pl_module.device.type == "cuda":
+            metrics = {"memory/cuda_max_allocated_bytes": torch.cuda.max_memory_allocated(pl_module.device)}
+        else:
+            # ru_maxrss is in KiB on Linux, bytes on macOS.
+            scale = 1 if sys.platform == "darwin" else 1024
+            metrics = {"memory/peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale}
+        log_once(trainer, metrics)

@@ -1,0 +1,246 @@
+"""RPPLinear: a k-times wider linear layer whose weights are k random permutations of one hidden weight."""
+
+import math
+import numbers
+
+import torch
+from torch import nn
+
+from rppnets.permutation import (
+    MAX_IN_FEATURES,
+    GeneratedIndex,
+    IndexSource,
+    StoredIndex,
+    build_index,
+    round_keys,
+    shared_index,
+)
+
+BIAS_MODES = ("full", "reuse", "none")
+PERMUTATIONS = ("stored", "shared", "generated")
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+
+
+def _permuted_weight(weight: torch.Tensor, source: IndexSource) -> torch.Tensor:
+    """W_p (m, k*n) with W_p[i, h*n + j] = W[P[h, i, j], j]."""
+    index_type = torch.int32 if weight.numel() < 2**31 else torch.int64
+    return weight.reshape(-1).index_select(0, source.gather_index(index_type)).view(source.m, -1)
+
+
+def _fold_weight_grad(grad_wp: torch.Tensor, source: IndexSource) -> torch.Tensor:
+    """dW (m, n) = the sum of dW_p over the k places each entry of W went to, in a fixed order."""
+    m, n, k = source.m, source.n, source.k
+    accumulate = torch.promote_types(grad_wp.dtype, torch.float32)  # bf16 sums of k terms lose bits
+    if grad_wp.device.type == "cpu":
+        # a serial scatter-add on the CPU: deterministic, and about twice as fast as the gather below
+        grad = torch.zeros(m * n, dtype=accumulate, device=grad_wp.device)
+        grad.scatter_add_(0, source.gather_index(torch.int64), grad_wp.reshape(-1).to(accumulate))
+        return grad.view(m, n)
+    # no atomics on the GPU: gather each copy through the inverse permutation, then sum the k copies
+    copies = grad_wp.reshape(-1).index_select(0, source.inverse_index().view(-1)).view(k, m, n)
+    return copies.sum(0, dtype=accumulate)
+
+
+class RPPFunction(torch.autograd.Function):
+    """y = x @ W_p + b, with W_p built from W in forward and rebuilt in backward (never kept)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, source: IndexSource):
+        dtype = _compute_dtype(x)
+        need_x, need_weight = ctx.needs_input_grad[:2]
+        ctx.save_for_backward(x if need_weight else None, weight if need_x else None)
+        # the index source is a plain object: saved-tensor hooks never see a persistent index
+        ctx.source, ctx.dtype = source, dtype
+        ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
+        wp = _permuted_weight(weight.to(dtype), source)  # (m, k*n)
+        if bias is None:
+            return torch.mm(x.to(dtype), wp)
+        ctx.reuse_bias = bias.numel() != wp.shape[1]
+        if ctx.reuse_bias:  # output h*n + j gets b[j]
+            bias = bias.repeat(source.k)
+        return torch.addmm(bias.to(dtype), x.to(dtype), wp)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, weight = ctx.saved_tensors
+        source, dtype = ctx.source, ctx.dtype
+        x_dtype, weight_dtype, bias_dtype = ctx.dtypes
+        need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
+        grad_y = grad_y.to(dtype)
+        grad_x = grad_weight = grad_bias = None
+        if need_x:
+            wp = _permuted_weight(weight.to(dtype), source)
+            grad_x = torch.mm(grad_y, wp.t()).to(x_dtype)
+        if need_weight:
+            grad_wp = torch.mm(x.to(dtype).t(), grad_y)  # (m, k*n)
+            grad_weight = _fold_weight_grad(grad_wp, source).to(weight_dtype)
+        if need_bias:
+            grad_bias = grad_y.sum(0)  # (k*n,)
+            if ctx.reuse_bias:
+                grad_bias = grad_bias.view(source.k, source.n).sum(0)
+            grad_bias = grad_bias.to(bias_dtype)
+        return grad_x, grad_weight, grad_bias, None
+
+
+def _check_int(name: str, value, low: int, high: int | None = None) -> int:
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if not ok or value < low or (high is not None and value > high):
+        allowed = f"an integer >= {low}" if high is None else f"an integer from {low} to {high}"
+        raise ValueError(f"RPPLinear: {name}={value!r} is invalid; allowed: {allowed}")
+    return int(value)
+
+
+def _check_name(name: str, value, allowed: tuple) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        names = ", ".join(repr(a) for a in allowed)
+        raise ValueError(f"RPPLinear: {name}={value!r} is invalid; allowed: {names}")
+    return value
+
+
+class RPPLinear(nn.Module):
+    r"""A linear layer k times wider than its parameters: :math:`y = x W_p + b`.
+
+    One hidden weight :math:`W` (m, n) is trained. The layer's weight :math:`W_p` (m, k*n) holds k
+    copies of it, each column of each copy shuffled by its own pseudo-random permutation P:
+    :math:`W_p[i, h n + j] = W[P[h, i, j], j]`. Every entry of W appears exactly k times in W_p,
+    always in its own column. P depends only on ``seed``, ``layer`` and the shape; ``permutation``
+    only chooses how it is held (memory against speed), never which P it is.
+
+    Args:
+        in_features: size m of each input sample, at most 2**30.
+        width: number n of hidden weight columns.
+        k: number of permuted copies; the output has k * width features.
+        bias: ``"full"`` learns k * width biases, ``"reuse"`` learns width biases shared by the k
+            copies (output h*n + j gets b[j]), ``"none"`` learns none. Default: ``"full"``.
+        permutation: ``"stored"`` keeps this layer's P in a buffer (m * k * n entries of the
+            smallest integer type); ``"shared"`` uses one P per (m, n, k, seed) for the whole
+            process, the P of ``layer=0``; ``"generated"`` keeps no index and recomputes it in
+            forward and backward. Default: ``"stored"``.
+        seed: seed of the permutation (an integer from 0 to 2**64 - 1). Default: 0.
+        layer: layer number mixed into the permutation, so that layers differ. Default: 0.
+
+    Shape:
+        - Input: :math:`(*, m)`.
+        - Output: :math:`(*, k n)`.
+
+    Attributes:
+        weight: the learnable hidden weight of shape (in_features, width), input-major (the
+            transpose of nn.Linear's layout). Initialised from
+            :math:`\mathcal{U}(-1/\sqrt{m}, 1/\sqrt{m})`, as nn.Linear(m, k * n) would be.
+        bias: the learnable bias of shape (k * width,) for ``"full"``, (width,) for ``"reuse"``,
+            None for ``"none"``; initialised like the weight.
+        index: ``"stored"`` only, a non-persistent buffer (m, k * n) with
+            index[i, h*n + j] = P[h, i, j]; recomputed from seed and layer, never checkpointed.
+
+    Example::
+
+        >>> layer = RPPLinear(784, 10, k=100)
+        >>> layer(torch.randn(128, 784)).shape
+        torch.Size([128, 1000])
+        >>> sum(p.numel() for p in layer.parameters())  # 784 * 10 + 1000
+        8840
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        width: int,
+        k: int,
+        bias: str = "full",
+        permutation: str = "stored",
+        seed: int = 0,
+        layer: int = 0,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        self.in_features = _check_int("in_features", in_features, 1, MAX_IN_FEATURES)
+        self.width = _check_int("width", width, 1)
+        self.k = _check_int("k", k, 1)
+        self.bias_mode = _check_name("bias", bias, BIAS_MODES)
+        self.permutation = _check_name("permutation", permutation, PERMUTATIONS)
+        self.seed = _check_int("seed", seed, 0, 2**64 - 1)
+        self.layer = _check_int("layer", layer, 0, 2**64 - 1)
+        self.out_features = self.k * self.width
+        m, n, k = self.in_features, self.width, self.k
+        factory = {"device": device, "dtype": dtype}
+
+        self.weight = nn.Parameter(torch.empty((m, n), **factory))
+        bias_size = {"full": k * n, "reuse": n, "none": 0}[self.bias_mode]
+        if bias_size:
+            self.bias = nn.Parameter(torch.empty(bias_size, **factory))
+        else:
+            self.register_parameter("bias", None)
+
+        device = torch.device("cpu") if device is None else torch.device(device)
+        if self.permutation == "stored":
+            index = build_index(m, n, k, self.seed, self.layer).to(device)
+            self.register_buffer("index", index, persistent=False)
+        elif self.permutation == "shared":
+            # a plain attribute, not a buffer: .to() leaves it, forward refetches it per device
+            self.shared_index = shared_index(m, n, k, self.seed, device)
+        else:
+            keys = round_keys(self.seed, self.layer, k, n).to(device)  # (2, rounds, k*n), tiny
+            self.register_buffer("keys", keys, persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        bound = 1 / math.sqrt(self.in_features)
+        nn.init.uniform_(self.weight, -bound, bound)
+        if self.bias is not None:
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def index_tensor(self) -> torch.Tensor | None:
+        """The permutation index this layer keeps in memory, (m, k*n); None when generated."""
+        if self.permutation == "stored":
+            return self.index
+        return self.shared_index if self.permutation == "shared" else None
+
+    def index_source(self, device: torch.device) -> IndexSource:
+        """The source of P for a forward on device."""
+        m, n, k = self.in_features, self.width, self.k
+        if self.permutation == "generated":
+            return GeneratedIndex(m, n, k, self.keys)
+        if self.permutation == "shared" and self.shared_index.device != device:
+            self.shared_index = shared_index(m, n, k, self.seed, device)
+        return StoredIndex(self.index_tensor(), n, k)
+
+    def permutation_tensor(self) -> torch.Tensor:
+        """P as int64 (k, m, n) on the CPU: P[h, :, j] is the permutation of column j in copy h."""
+        source = self.index_source(self.weight.device)
+        rows = source.rows().long().cpu()  # (m, k*n)
+        return rows.view(self.in_features, self.k, self.width).permute(1, 0, 2).contiguous()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"RPPLinear: input has {x.shape[-1]} features, expected {self.in_features}")
+        y = RPPFunction.apply(x.reshape(-1, self.in_features), self.weight, self.bias, self.index_source(x.device))
+        return y.view(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, width={self.width}, k={self.k}, bias={self.bias_mode!r}, "
+            f"permutation={self.permutation!r}, seed={self.seed}, layer={self.layer}"
+        )
+
+
+def index_storage(module: nn.Module) -> tuple[int, int]:
+    """(elements, bytes) of the distinct permutation indices kept by the RPPLinear layers in module.
+
+    An index shared by several layers counts once; generated layers keep none.
+    """
+    seen, elements, nbytes = set(), 0, 0
+    for layer in module.modules():
+        index = layer.index_tensor() if isinstance(layer, RPPLinear) else None
+        if index is None:
+            continue
+        key = (index.device, index.untyped_storage().data_ptr())
+        if key not in seen:
+            seen.add(key)
+            elements += index.numel()
+            nbytes += index.numel() * index.element_size()
+    return elements, nbytes

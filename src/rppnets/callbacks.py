@@ -10,21 +10,26 @@ import torch
 from rppnets.models import count_dense_equivalent, count_trainable
 
 
-def log_once(trainer: pl.Trainer, metrics: dict) -> None:
-    """Send run-level numbers straight to every logger and keep them in `trainer.callback_metrics`."""
-    for logger in trainer.loggers:
-        logger.log_metrics(metrics, step=trainer.global_step)
-    trainer.callback_metrics.update({key: torch.tensor(value) for key, value in metrics.items()})
+class RunMetrics(pl.Callback):
+    """A callback that logs numbers once per run; `train()` collects them from `self.metrics` for results.json."""
+
+    def __init__(self):
+        self.metrics: dict[str, float] = {}
+
+    def log_once(self, trainer: pl.Trainer, metrics: dict) -> None:
+        self.metrics.update(metrics)
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
 
 
-class ModelStats(pl.Callback):
+class ModelStats(RunMetrics):
     """Logs ``model/params_trainable``, ``model/params_dense_equivalent`` and the stored permutation index."""
 
     def on_fit_start(self, trainer, pl_module):
         from rppnets.rpp_linear import index_storage
 
         elements, nbytes = index_storage(pl_module)
-        log_once(trainer, {
+        self.log_once(trainer, {
             "model/params_trainable": count_trainable(pl_module),
             "model/params_dense_equivalent": count_dense_equivalent(pl_module),
             "model/index_elements": elements,
@@ -58,7 +63,7 @@ class EpochTimer(pl.Callback):
         return time.perf_counter()
 
 
-class PeakMemory(pl.Callback):
+class PeakMemory(RunMetrics):
     """Logs peak memory once, named for what it measures: CUDA allocations on a GPU, resident set on the CPU."""
 
     def on_train_end(self, trainer, pl_module):
@@ -68,4 +73,4 @@ class PeakMemory(pl.Callback):
             # ru_maxrss is in KiB on Linux, bytes on macOS.
             scale = 1 if sys.platform == "darwin" else 1024
             metrics = {"memory/peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale}
-        log_once(trainer, metrics)
+        self.log_once(trainer, metrics)

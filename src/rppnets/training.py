@@ -95,6 +95,8 @@ def train(cfg: DictConfig) -> dict:
         metrics = dict(trainer.callback_metrics)  # testing replaces callback_metrics: keep fit's
         trainer.test(module, datamodule=datamodule, verbose=False)
         metrics.update(trainer.callback_metrics)
+        for callback in callbacks:
+            metrics.update(getattr(callback, "metrics", {}))  # run-level numbers (RunMetrics)
         metrics = {key: value.item() if torch.is_tensor(value) else value for key, value in metrics.items()}
         metrics["train/loss"] = metrics.get("train/loss_epoch")
         metrics["time/wall_s"] = time.perf_counter() - started

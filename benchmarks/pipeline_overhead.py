@@ -31,7 +31,7 @@ def config(width: int, depth: int, out: str):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose("train", overrides=[
             f"model.width={width}", f"model.depth={depth}", "trainer.max_epochs=1", "trainer.accelerator=cpu",
-            "data.val_size=0", f"paths.output_dir={out}", "~callbacks.model_stats",
+            "data.val_size=0", f"paths.output_dir={out}",
         ])
 
 

@@ -16,8 +16,6 @@ from rppnets.checks import check_int
 from rppnets.classifier import Classifier
 from rppnets.loggers import build_loggers, finish_wandb
 
-# Keys that tell one network of an experiment from another; everything else must match across a figure.
-PER_NETWORK_KEYS = ("model", "network", "seed", "run_name", "paths", "hydra")
 
 
 class ConfigError(ValueError):
@@ -27,6 +25,15 @@ class ConfigError(ValueError):
 def config_hash(config: dict, exclude=("paths", "hydra", "skip_finished")) -> str:
     kept = {key: value for key, value in config.items() if key not in exclude}
     return hashlib.sha1(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def experiment_hash(cfg: DictConfig) -> str:
+    """What must match across the jobs of one figure: the config apart from network, seed and run folder."""
+    neutral = cfg.copy()
+    with open_dict(neutral):
+        neutral.seed, neutral.run_name, neutral.paths.output_dir = 0, "", ""  # also where they are interpolated
+    return config_hash(OmegaConf.to_container(neutral, resolve=True),
+                       exclude=("model", "network", "paths", "hydra", "skip_finished"))
 
 
 def run_name(cfg: DictConfig) -> str:
@@ -110,7 +117,7 @@ def train(cfg: DictConfig) -> dict:
         "run_name": cfg.run_name,
         "group": cfg.get("group"),
         "config_hash": this_hash,
-        "experiment_hash": config_hash(config, exclude=PER_NETWORK_KEYS + ("skip_finished",)),
+        "experiment_hash": experiment_hash(cfg),
         "csv": "csv/metrics.csv",
         "metrics": metrics,
     }

@@ -1,6 +1,7 @@
 """Loggers for a run: a CSV in the run folder always, and W&B (offline unless asked) that never stops a run."""
 
 import os
+import sys
 import warnings
 
 from hydra.utils import instantiate
@@ -43,7 +44,6 @@ def start_wandb(cfg: DictConfig, config: dict):
 
 def finish_wandb() -> None:
     """Close this process's W&B run, if any, so the next job of a multirun starts its own."""
-    import wandb
-
-    if wandb.run is not None:
+    wandb = sys.modules.get("wandb")  # never imported: nothing to close (and W&B need not be installed)
+    if wandb is not None and wandb.run is not None:
         wandb.finish()

@@ -42,16 +42,16 @@ def _absorb(z: np.ndarray, value) -> np.ndarray:
 def round_keys(seed: int, layer: int, k: int, n: int) -> torch.Tensor:
     """Round keys of all k*n columns: int32 tensor (2, ROUNDS, k*n), column c = h*n + j.
 
-    keys[0] is XORed into the round input (15 bits), keys[1] is the odd multiplier (16 bits).
+    keys[0] is the round's addend (16 bits), keys[1] its odd multiplier (16 bits).
     """
     with np.errstate(over="ignore"):
         z = _absorb(_absorb(np.zeros(1, dtype=np.uint64), seed), layer)
         z = _absorb(z, np.arange(k, dtype=np.uint64)[:, None])  # (k, 1)
         z = _absorb(z, np.arange(n, dtype=np.uint64)[None, :])  # (k, n)
         z = _absorb(z, np.arange(ROUNDS, dtype=np.uint64)[:, None, None])  # (ROUNDS, k, n)
-    xor_key = z & np.uint64(0x7FFF)
+    addend = z & np.uint64(0xFFFF)
     multiplier = ((z >> np.uint64(16)) & np.uint64(0xFFFF)) | np.uint64(1)
-    keys = np.stack([xor_key, multiplier]).astype(np.int32).reshape(2, ROUNDS, k * n)
+    keys = np.stack([addend, multiplier]).astype(np.int32).reshape(2, ROUNDS, k * n)
     return torch.from_numpy(keys)
 
 
@@ -60,27 +60,32 @@ def feistel_bits(m: int) -> int:
     return max(1, (m - 1).bit_length())
 
 
-def _round(v: torch.Tensor, xor_key, multiplier, width: int) -> torch.Tensor:
-    # v, xor_key < 2**15 and multiplier < 2**16, so the product stays below 2**31
-    f = torch.bitwise_xor(v, xor_key)
-    f.mul_(multiplier).bitwise_and_(0xFFFF)
-    return f.bitwise_right_shift_(16 - width)  # the top `width` bits of the low 16
+def _feistel(x: torch.Tensor, k1: torch.Tensor, k2: torch.Tensor, t: int, inverse: bool) -> torch.Tensor:
+    """One pass of the t-bit Feistel network, no cycle walking; k1[r], k2[r] broadcast with x.
 
-
-def _feistel(x: torch.Tensor, k1: torch.Tensor, k2: torch.Tensor, t: int, inverse: bool):
-    """One pass of the t-bit Feistel network (no cycle walking); k1[r], k2[r] broadcast with x."""
-    wl, wr = (t + 1) // 2, t // 2
-    left, right = x >> wr, x & ((1 << wr) - 1)
+    The state stays packed in one int32 (high a = ceil(t/2) bits, low b = floor(t/2) bits) and is
+    updated in place: even rounds XOR F(low) into the high half, odd rounds F(high) into the low
+    half. That is the textbook network whose halves swap every round, with only two buffers; each
+    round is its own inverse, so the inverse runs the same rounds backwards.
+    """
+    a, b = (t + 1) // 2, t // 2
+    state = torch.empty(torch.broadcast_shapes(x.shape, k1.shape[1:]), dtype=torch.int32, device=x.device)
+    state.copy_(x)
+    f = torch.empty_like(state)
     for r in reversed(range(ROUNDS)) if inverse else range(ROUNDS):
-        if inverse:  # undo (L, R) -> (R, L ^ F(R))
-            f = _round(left, k1[r], k2[r], wr)
-            left, right = f.bitwise_xor_(right), left
-        else:
-            f = _round(right, k1[r], k2[r], wl)
-            left, right = right, f.bitwise_xor_(left)
-        wl, wr = wr, wl
-    # ROUNDS is even, so the halves are back to (ceil(t/2), floor(t/2)) bits
-    return left.bitwise_left_shift_(wr).bitwise_or_(right)
+        if r % 2 == 0:  # high ^= F(low)
+            torch.bitwise_and(state, (1 << b) - 1, out=f)
+            width, to_bit = a, b
+        else:  # low ^= F(high)
+            torch.bitwise_right_shift(state, b, out=f)
+            width, to_bit = b, 0
+        # f < 2**15, k2 < 2**16 and k1 < 2**16: f * k2 + k1 stays below 2**31
+        torch.addcmul(k1[r], f, k2[r], out=f)
+        f.bitwise_and_(((1 << width) - 1) << (16 - width))  # the top `width` bits of the low 16
+        shift = to_bit - (16 - width)
+        f = f.bitwise_left_shift_(shift) if shift >= 0 else f.bitwise_right_shift_(-shift)
+        state.bitwise_xor_(f)
+    return state
 
 
 def permuted_rows(m: int, keys: torch.Tensor, inverse: bool = False) -> torch.Tensor:
@@ -88,21 +93,32 @@ def permuted_rows(m: int, keys: torch.Tensor, inverse: bool = False) -> torch.Te
 
     With inverse=True, returns the inverse permutations instead (the rounds run backwards).
     """
-    t = feistel_bits(m)
+    t, c = feistel_bits(m), keys.shape[2]
     k1, k2 = keys[0], keys[1]  # (ROUNDS, c)
-    rows = torch.arange(m, dtype=torch.int32, device=keys.device)[:, None]
-    p = _feistel(rows, k1, k2, t, inverse)  # (m, c)
-    if m < 1 << t:
-        # cycle walking: re-apply the permutation to the few outputs still >= m
-        flat = p.view(-1)
-        pos = (flat >= m).nonzero().squeeze(1)
-        col = pos % k1.shape[1]
-        while pos.numel():
-            v = _feistel(flat[pos], k1[:, col], k2[:, col], t, inverse)
-            flat[pos] = v
-            out = v >= m
-            pos, col = pos[out], col[out]
-    return p
+    p = _feistel(torch.arange(1 << t, dtype=torch.int32, device=keys.device)[:, None], k1, k2, t, inverse)
+    if m == 1 << t:
+        return p
+    # Cycle walking, with the whole domain computed: then[y - m] = p[y] is the value after y on
+    # its cycle. The rows that land on some y >= m are found with the inverse permutation (a pass
+    # over 2**t - m rows), not by scanning p.
+    then = p[m:].reshape(-1).clone()
+    ys = torch.arange(m, 1 << t, dtype=torch.int32, device=keys.device)[:, None]
+    source = _feistel(ys, k1, k2, t, not inverse)  # (2**t - m, c): the row that maps to y
+    # p[source, c] = then; sources >= m write to row y, which is not returned
+    index_type = torch.int32 if (1 << t) * c < 2**31 else torch.int64
+    columns = torch.arange(c, dtype=index_type, device=keys.device)
+    target = torch.where(source < m, source, ys).to(index_type).mul_(c).add_(columns).view(-1).long()
+    p.view(-1).scatter_(0, target, then)
+    # walk on through `then` (no more Feistel passes) where the value is still >= m and the source
+    # row is ours: cycles that never leave m..2**t-1 have no source row, and never end
+    pos = ((then >= m) & (source.view(-1) < m)).nonzero().squeeze(1)
+    value, col, target = then.index_select(0, pos), pos % c, target.index_select(0, pos)
+    while value.numel():
+        value = then.index_select(0, (value - m).long().mul_(c).add_(col))
+        p.view(-1).index_copy_(0, target, value)
+        still = (value >= m).nonzero().squeeze(1)
+        value, col, target = value.index_select(0, still), col.index_select(0, still), target.index_select(0, still)
+    return p[:m]
 
 
 def index_dtype(m: int) -> torch.dtype:
@@ -146,17 +162,21 @@ class IndexSource:
     as a plain object, so saved-tensor hooks do not see (or offload) a persistent index.
     """
 
+    rows_are_fresh = False  # whether rows() returns a new tensor that callers may overwrite
+
     def __init__(self, m: int, n: int, k: int, device: torch.device):
         self.m, self.n, self.k, self.device = m, n, k, device
 
     def _columns(self, dtype: torch.dtype) -> torch.Tensor:
         return (torch.arange(self.k * self.n, device=self.device) % self.n).to(dtype)
 
-    def gather_index(self, dtype: torch.dtype) -> torch.Tensor:
-        """Flat index into W.reshape(-1) that builds W_p (m, k*n): P * n + j, flattened."""
-        small = self.m * self.n < 2**31
-        index = torch.add(self._columns(torch.int32 if small else torch.int64), self.rows(), alpha=self.n)
-        return index.view(-1).to(dtype)
+    def gather_index(self) -> torch.Tensor:
+        """Flat index into W.reshape(-1) that builds W_p (m, k*n): P * n + j, int32 where it fits."""
+        dtype = torch.int32 if self.m * self.n < 2**31 else torch.int64
+        rows = self.rows()
+        # an int16 P is widened in one pass, then offset in place: no mixed-dtype temporaries
+        index = rows if self.rows_are_fresh and rows.dtype == dtype else rows.to(dtype, copy=True)
+        return index.mul_(self.n).add_(self._columns(dtype)).view(-1)
 
     def inverse_index(self) -> torch.Tensor:
         """Flat index into dW_p.reshape(-1), shape (k, m, n): entry [h, r, j] is where W[r, j] went in copy h."""
@@ -186,6 +206,8 @@ class StoredIndex(IndexSource):
 
 class GeneratedIndex(IndexSource):
     """P recomputed from the round keys whenever it is needed; nothing of size m*k*n is kept."""
+
+    rows_are_fresh = True
 
     def __init__(self, m: int, n: int, k: int, keys: torch.Tensor):
         super().__init__(m, n, k, keys.device)

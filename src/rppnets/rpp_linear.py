@@ -27,8 +27,7 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 def _permuted_weight(weight: torch.Tensor, source: IndexSource) -> torch.Tensor:
     """W_p (m, k*n) with W_p[i, h*n + j] = W[P[h, i, j], j]."""
-    index_type = torch.int32 if weight.numel() < 2**31 else torch.int64
-    return weight.reshape(-1).index_select(0, source.gather_index(index_type)).view(source.m, -1)
+    return weight.reshape(-1).index_select(0, source.gather_index()).view(source.m, -1)
 
 
 def _fold_weight_grad(grad_wp: torch.Tensor, source: IndexSource) -> torch.Tensor:
@@ -36,10 +35,9 @@ def _fold_weight_grad(grad_wp: torch.Tensor, source: IndexSource) -> torch.Tenso
     m, n, k = source.m, source.n, source.k
     accumulate = torch.promote_types(grad_wp.dtype, torch.float32)  # bf16 sums of k terms lose bits
     if grad_wp.device.type == "cpu":
-        # a serial scatter-add on the CPU: deterministic, and about twice as fast as the gather below
+        # a serial scatter-add on the CPU: deterministic; index_add_ takes the int32 index as it is
         grad = torch.zeros(m * n, dtype=accumulate, device=grad_wp.device)
-        grad.scatter_add_(0, source.gather_index(torch.int64), grad_wp.reshape(-1).to(accumulate))
-        return grad.view(m, n)
+        return grad.index_add_(0, source.gather_index(), grad_wp.reshape(-1).to(accumulate)).view(m, n)
     # no atomics on the GPU: gather each copy through the inverse permutation, then sum the k copies
     copies = grad_wp.reshape(-1).index_select(0, source.inverse_index().view(-1)).view(k, m, n)
     return copies.sum(0, dtype=accumulate)

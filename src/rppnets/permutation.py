@@ -184,7 +184,8 @@ class IndexSource:
         dtype = torch.int32 if self.m * kn < 2**31 else torch.int64
         offsets = torch.arange(kn, device=self.device, dtype=dtype).view(self.k, 1, self.n)  # h*n + j
         inverse = self.inverse_rows().view(self.m, self.k, self.n).permute(1, 0, 2)  # (k, m, n)
-        return torch.add(offsets, inverse, alpha=kn)
+        out = torch.empty((self.k, self.m, self.n), dtype=dtype, device=self.device)
+        return torch.add(offsets, inverse, alpha=kn, out=out)
 
 
 class StoredIndex(IndexSource):

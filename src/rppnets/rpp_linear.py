@@ -32,15 +32,18 @@ def _permuted_weight(weight: torch.Tensor, source: IndexSource) -> torch.Tensor:
 
 def _fold_weight_grad(grad_wp: torch.Tensor, source: IndexSource) -> torch.Tensor:
     """dW (m, n) = the sum of dW_p over the k places each entry of W went to, in a fixed order."""
-    m, n, k = source.m, source.n, source.k
     accumulate = torch.promote_types(grad_wp.dtype, torch.float32)  # bf16 sums of k terms lose bits
     if grad_wp.device.type == "cpu":
         # a serial scatter-add on the CPU: deterministic; index_add_ takes the int32 index as it is
-        grad = torch.zeros(m * n, dtype=accumulate, device=grad_wp.device)
-        return grad.index_add_(0, source.gather_index(), grad_wp.reshape(-1).to(accumulate)).view(m, n)
-    # no atomics on the GPU: gather each copy through the inverse permutation, then sum the k copies
-    copies = grad_wp.reshape(-1).index_select(0, source.inverse_index().view(-1)).view(k, m, n)
-    return copies.sum(0, dtype=accumulate)
+        grad = torch.zeros(source.m * source.n, dtype=accumulate, device=grad_wp.device)
+        return grad.index_add_(0, source.gather_index(), grad_wp.reshape(-1).to(accumulate)).view(source.m, -1)
+    return _fold_by_gather(grad_wp, source, accumulate)
+
+
+def _fold_by_gather(grad_wp: torch.Tensor, source: IndexSource, accumulate: torch.dtype) -> torch.Tensor:
+    """The GPU's fold, without atomics: gather each copy through the inverse permutation, sum the k copies."""
+    copies = grad_wp.reshape(-1).index_select(0, source.inverse_index().view(-1))
+    return copies.view(source.k, source.m, source.n).sum(0, dtype=accumulate)
 
 
 class RPPFunction(torch.autograd.Function):

@@ -34,9 +34,11 @@ def _fold_weight_grad(grad_wp: torch.Tensor, source: IndexSource) -> torch.Tenso
     """dW (m, n) = the sum of dW_p over the k places each entry of W went to, in a fixed order."""
     accumulate = torch.promote_types(grad_wp.dtype, torch.float32)  # bf16 sums of k terms lose bits
     if grad_wp.device.type == "cpu":
-        # a serial scatter-add on the CPU: deterministic; index_add_ takes the int32 index as it is
-        grad = torch.zeros(source.m * source.n, dtype=accumulate, device=grad_wp.device)
-        return grad.index_add_(0, source.gather_index(), grad_wp.reshape(-1).to(accumulate)).view(source.m, -1)
+        # bincount with weights is a serial scatter-add, so deterministic, and takes the int32
+        # index as it is. In the 784 x 1000 training step it beat scatter_add_ (which needs an
+        # int64 copy of the index) by 1.5 to 4 ms, and index_add_ by 0.2 to 0.8 ms.
+        weights = grad_wp.reshape(-1).to(accumulate)
+        return torch.bincount(source.gather_index(), weights, minlength=source.m * source.n).view(source.m, -1)
     return _fold_by_gather(grad_wp, source, accumulate)
 
 
@@ -134,8 +136,13 @@ class RPPLinear(nn.Module):
             :math:`\mathcal{U}(-1/\sqrt{m}, 1/\sqrt{m})`, as nn.Linear(m, k * n) would be.
         bias: the learnable bias of shape (k * width,) for ``"full"``, (width,) for ``"reuse"``,
             None for ``"none"``; initialised like the weight.
+        in_features, width, k, out_features (= k * width), bias_mode, permutation, seed, layer:
+            the constructor's arguments.
         index: ``"stored"`` only, a non-persistent buffer (m, k * n) with
             index[i, h*n + j] = P[h, i, j]; recomputed from seed and layer, never checkpointed.
+        shared_index: ``"shared"`` only, the same tensor from the process-wide cache (a plain
+            attribute, refetched when the input's device changes).
+        keys: ``"generated"`` only, a non-persistent buffer (2, rounds, k * n) of round keys.
 
     Example::
 

@@ -221,7 +221,7 @@ def test_index_storage_counts_stored_per_layer_and_generated_as_zero():
 )
 def test_bad_arguments_raise_value_error_naming_them(kwargs, name):
     args = {"in_features": 4, "width": 3, "k": 2, **kwargs}
-    with pytest.raises(ValueError, match=rf"RPPLinear: {name}=.* is invalid; allowed: "):
+    with pytest.raises(ValueError, match=rf"^{name}=.* is invalid; allowed: "):
         RPPLinear(**args)
 
 

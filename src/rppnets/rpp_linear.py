@@ -1,11 +1,11 @@
 """RPPLinear: a k-times wider linear layer whose weights are k random permutations of one hidden weight."""
 
 import math
-import numbers
 
 import torch
 from torch import nn
 
+from rppnets.checks import check_choice, check_int
 from rppnets.permutation import (
     MAX_IN_FEATURES,
     GeneratedIndex,
@@ -89,21 +89,6 @@ class RPPFunction(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias, None
 
 
-def _check_int(name: str, value, low: int, high: int | None = None) -> int:
-    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-    if not ok or value < low or (high is not None and value > high):
-        allowed = f"an integer >= {low}" if high is None else f"an integer from {low} to {high}"
-        raise ValueError(f"RPPLinear: {name}={value!r} is invalid; allowed: {allowed}")
-    return int(value)
-
-
-def _check_name(name: str, value, allowed: tuple) -> str:
-    if not isinstance(value, str) or value not in allowed:
-        names = ", ".join(repr(a) for a in allowed)
-        raise ValueError(f"RPPLinear: {name}={value!r} is invalid; allowed: {names}")
-    return value
-
-
 class RPPLinear(nn.Module):
     r"""A linear layer k times wider than its parameters: :math:`y = x W_p + b`.
 
@@ -166,13 +151,13 @@ class RPPLinear(nn.Module):
         dtype=None,
     ):
         super().__init__()
-        self.in_features = _check_int("in_features", in_features, 1, MAX_IN_FEATURES)
-        self.width = _check_int("width", width, 1)
-        self.k = _check_int("k", k, 1)
-        self.bias_mode = _check_name("bias", bias, BIAS_MODES)
-        self.permutation = _check_name("permutation", permutation, PERMUTATIONS)
-        self.seed = _check_int("seed", seed, 0, 2**64 - 1)
-        self.layer = _check_int("layer", layer, 0, 2**64 - 1)
+        self.in_features = check_int("in_features", in_features, 1, MAX_IN_FEATURES)
+        self.width = check_int("width", width, 1)
+        self.k = check_int("k", k, 1)
+        self.bias_mode = check_choice("bias", bias, BIAS_MODES)
+        self.permutation = check_choice("permutation", permutation, PERMUTATIONS)
+        self.seed = check_int("seed", seed, 0, 2**64 - 1)
+        self.layer = check_int("layer", layer, 0, 2**64 - 1)
         self.out_features = self.k * self.width
         m, n, k = self.in_features, self.width, self.k
         factory = {"device": device, "dtype": dtype}

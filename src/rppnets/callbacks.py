@@ -3,6 +3,7 @@
 import resource
 import sys
 import time
+from pathlib import Path
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import RichProgressBar
@@ -65,16 +66,41 @@ class EpochTimer(pl.Callback):
 
 
 class PeakMemory(RunMetrics):
-    """Logs peak memory once, named for what it measures: CUDA allocations on a GPU, resident set on the CPU."""
+    """Logs this run's peak memory once, named for what it measures: CUDA allocations on a GPU, resident set on
+    the CPU. The peak is reset when fitting starts, so jobs of one multirun process do not inherit each other's."""
+
+    def on_fit_start(self, trainer, pl_module):
+        if pl_module.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(pl_module.device)
+        else:
+            reset_peak_rss()
 
     def on_train_end(self, trainer, pl_module):
         if pl_module.device.type == "cuda":
             metrics = {"memory/cuda_max_allocated_bytes": torch.cuda.max_memory_allocated(pl_module.device)}
         else:
-            # ru_maxrss is in KiB on Linux, bytes on macOS.
-            scale = 1 if sys.platform == "darwin" else 1024
-            metrics = {"memory/peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale}
+            metrics = {"memory/peak_rss_bytes": peak_rss_bytes()}
         self.log_once(trainer, metrics)
+
+
+def reset_peak_rss() -> None:
+    """Linux: start the process's peak resident set (VmHWM) again from the current one; elsewhere a no-op."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set since the last reset: VmHWM on Linux, else the process's lifetime ru_maxrss."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    # ru_maxrss is in KiB on Linux, bytes on macOS.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
 
 
 class ProgressBar(RichProgressBar):

@@ -25,12 +25,13 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
 
 
-def _permuted_weight(weight: torch.Tensor, source: IndexSource) -> torch.Tensor:
-    """W_p (m, k*n) with W_p[i, h*n + j] = W[P[h, i, j], j]."""
-    return weight.reshape(-1).index_select(0, source.gather_index()).view(source.m, -1)
+def _permuted_weight(weight: torch.Tensor, source: IndexSource, index: torch.Tensor | None = None) -> torch.Tensor:
+    """W_p (m, k*n) with W_p[i, h*n + j] = W[P[h, i, j], j]; `index` is source.gather_index() if already made."""
+    index = source.gather_index() if index is None else index
+    return weight.reshape(-1).index_select(0, index).view(source.m, -1)
 
 
-def _fold_weight_grad(grad_wp: torch.Tensor, source: IndexSource) -> torch.Tensor:
+def _fold_weight_grad(grad_wp: torch.Tensor, source: IndexSource, index: torch.Tensor | None = None) -> torch.Tensor:
     """dW (m, n) = the sum of dW_p over the k places each entry of W went to, in a fixed order."""
     accumulate = torch.promote_types(grad_wp.dtype, torch.float32)  # bf16 sums of k terms lose bits
     if grad_wp.device.type == "cpu":
@@ -38,7 +39,8 @@ def _fold_weight_grad(grad_wp: torch.Tensor, source: IndexSource) -> torch.Tenso
         # index as it is. In the 784 x 1000 training step it beat scatter_add_ (which needs an
         # int64 copy of the index) by 1.5 to 4 ms, and index_add_ by 0.2 to 0.8 ms.
         weights = grad_wp.reshape(-1).to(accumulate)
-        return torch.bincount(source.gather_index(), weights, minlength=source.m * source.n).view(source.m, -1)
+        index = source.gather_index() if index is None else index
+        return torch.bincount(index, weights, minlength=source.m * source.n).view(source.m, -1)
     return _fold_by_gather(grad_wp, source, accumulate)
 
 
@@ -75,12 +77,14 @@ class RPPFunction(torch.autograd.Function):
         need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
         grad_y = grad_y.to(dtype)
         grad_x = grad_weight = grad_bias = None
+        # One gather index serves both the rebuilt W_p and, on the CPU, the weight-gradient fold.
+        index = source.gather_index() if need_x or (need_weight and grad_y.device.type == "cpu") else None
         if need_x:
-            wp = _permuted_weight(weight.to(dtype), source)
+            wp = _permuted_weight(weight.to(dtype), source, index)
             grad_x = torch.mm(grad_y, wp.t()).to(x_dtype)
         if need_weight:
             grad_wp = torch.mm(x.to(dtype).t(), grad_y)  # (m, k*n)
-            grad_weight = _fold_weight_grad(grad_wp, source).to(weight_dtype)
+            grad_weight = _fold_weight_grad(grad_wp, source, index).to(weight_dtype)
         if need_bias:
             grad_bias = grad_y.sum(0)  # (k*n,)
             if ctx.reuse_bias:

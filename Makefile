@@ -44,11 +44,13 @@ test-fast: setup  ## the tests that take seconds
 reproduce: setup data  ## the figure: 5 networks x SEEDS seeds x EPOCHS epochs, then the report
 	$(PY) src/train.py $(SWEEP_ARGS) hydra.sweep.dir=$(SWEEP)
 	$(PY) -m rppnets.report $(SWEEP)
+	@echo "Results: $(SWEEP)/report (figure.png, curves.csv, summary.md); runs and W&B files: $(SWEEP)/*/"
 
 reproduce-quick: setup data  ## the same chain with 2 epochs on 5,000 images (a few minutes)
 	$(PY) src/train.py $(SWEEP_ARGS) hydra.sweep.dir=$(QUICK_SWEEP) trainer.max_epochs=2 \
 		data.train_size=5000 data.val_size=1000 ~callbacks.progress_bar
 	$(PY) -m rppnets.report $(QUICK_SWEEP)
+	@echo "Results: $(QUICK_SWEEP)/report (figure.png, curves.csv, summary.md)"
 
 bench: setup data  ## pipeline and RPP-layer benchmarks (ratios measured side by side)
 	$(PY) benchmarks/pipeline_overhead.py

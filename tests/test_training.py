@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import compose_train
 from rppnets.training import ConfigError, train
@@ -58,6 +59,7 @@ def test_one_epoch_of_each_model_logs_everything(model, tmp_path, fake_root):
 @pytest.mark.slow
 def test_same_seed_same_result(tmp_path, fake_root):
     _, first = run(tmp_path / "a", fake_root, "model.width=16", "logger=csv")
+    torch.rand(100)  # a fresh process starts from another random state: the seed alone must decide
     _, second = run(tmp_path / "b", fake_root, "model.width=16", "logger=csv")
     _, other = run(tmp_path / "c", fake_root, "model.width=16", "logger=csv", "seed=1")
     assert first["train/loss_epoch"] == second["train/loss_epoch"] and first["test/acc"] == second["test/acc"]

@@ -87,6 +87,9 @@ def train(cfg: DictConfig) -> dict:
     with open_dict(cfg):
         cfg.run_name = cfg.get("run_name") or run_name(cfg)
     config["run_name"] = cfg.run_name
+    # Seed before anything draws a random number: the model's initial weights come next.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
     # Build everything that can reject a value before the first batch.
     datamodule = _build(cfg, "data")
     net = _build(cfg, "model")
@@ -96,8 +99,6 @@ def train(cfg: DictConfig) -> dict:
     # this job's peak memory is its own.
     gc.collect()
     started = time.perf_counter()
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
     try:
         loggers = build_loggers(cfg.get("logger"), config)
         callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]

@@ -40,7 +40,7 @@ def write_job(root: Path, network: str, seed: int, experiment_hash: str = "3f2a9
         if with_val:  # validation ends first, in its own row
             rows.append({"epoch": epoch, "step": step, "val/loss": 0.5 + epoch, "val/acc": 0.7 + 0.01 * epoch})
         rows.append({"epoch": epoch, "step": step, "train/loss_epoch": train_loss(network, seed, epoch),
-                     "train/acc": 0.6, "time/epoch_s": 1.0, "time/samples_per_s": 100.0})
+                     "train/acc": 0.6, "time/epoch_s": 1.0 + seed + epoch, "time/samples_per_s": 100.0})
     # Lightning logs the test row with epoch == max_epochs; it must not become an extra epoch.
     rows.append({"epoch": EPOCHS, "step": step, "test/loss": 0.4, "test/acc": expected_test_acc(network, seed)})
     with open(folder / "csv" / "metrics.csv", "w", newline="") as file:
@@ -109,7 +109,7 @@ def test_summary_has_one_row_per_network_with_means(report):
         assert float(row["test_acc_max"]) == pytest.approx(expected_test_acc(network, 1))
         assert int(row["peak_memory_bytes"]) == 2**20 * 101
         assert row["memory_kind"] == ("cuda_max_allocated" if network == "dense_wide" else "peak_rss")
-        assert float(row["epoch_s"]) == 1.5 and float(row["wall_s"]) == 3.5
+        assert float(row["epoch_s"]) == 2.5 and float(row["wall_s"]) == 3.5  # the mean over epochs, then seeds
     markdown = (out / "summary.md").read_text()
     assert markdown.count("\n") == 2 + len(NETWORKS)
     assert "Permuted, width=m*k, \\|params\\|∝m" in markdown  # the legend's '|' must not split cells

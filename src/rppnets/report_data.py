@@ -20,6 +20,7 @@ LEGEND = {
 
 # Epoch-level Lightning CSV columns -> curves.csv columns.
 CURVE_COLUMNS = {"train/loss_epoch": "train_loss", "val/loss": "val_loss", "val/acc": "val_acc"}
+EPOCH_TIME = {"time/epoch_s": "epoch_s"}  # read per epoch too, for the mean epoch time; not a curve column
 
 # Peak-memory metrics a job may report (GPU or CPU), with the short name of each kind.
 MEMORY_KEYS = {"memory/cuda_max_allocated_bytes": "cuda_max_allocated", "memory/peak_rss_bytes": "peak_rss"}
@@ -63,7 +64,8 @@ def read_curve(csv_path: Path) -> dict[int, dict[str, float]]:
     curve: dict[int, dict[str, float]] = {}
     with open(csv_path, newline="") as file:
         for row in csv.DictReader(file):
-            values = {name: float(row[column]) for column, name in CURVE_COLUMNS.items() if row.get(column)}
+            values = {name: float(row[column]) for column, name in (CURVE_COLUMNS | EPOCH_TIME).items()
+                      if row.get(column)}
             if values and row.get("epoch"):
                 curve.setdefault(int(float(row["epoch"])), {}).update(values)
     return dict(sorted(curve.items()))
@@ -157,6 +159,11 @@ def final_train_loss(job: Job) -> float | None:
     return losses[-1] if losses else job.metrics.get("train/loss")
 
 
+def mean_epoch_s(job: Job) -> float | None:
+    times = _present([values.get("epoch_s") for values in job.curve.values()])
+    return _mean(times) if times else None
+
+
 def summary_row(network: str, jobs: list[Job]) -> dict:
     """Summary of one network over its seeds: means, except the peak memory (max) and its kind."""
     def metric(key: str) -> list:
@@ -180,7 +187,8 @@ def summary_row(network: str, jobs: list[Job]) -> dict:
         "test_acc_max": max(test_acc, default=None),
         "peak_memory_bytes": max((value for value, _ in memory), default=None),
         "memory_kind": "+".join(sorted({kind for _, kind in memory})) or None,
-        "epoch_s": mean(metric("time/epoch_s")),
+        # Mean over the epochs of each job (the run's own time/epoch_s is its last epoch's), then over seeds.
+        "epoch_s": mean(_present([mean_epoch_s(job) for job in jobs])) or mean(metric("time/epoch_s")),
         "wall_s": mean(metric("time/wall_s")),
     }
 

@@ -18,7 +18,6 @@ from rppnets.classifier import Classifier
 from rppnets.loggers import build_loggers, finish_wandb
 
 
-
 class ConfigError(ValueError):
     """A config value that cannot work; raised before any training starts."""
 

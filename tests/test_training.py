@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from conftest import compose_train
-from rppnets.training import ConfigError, train
+from omegaconf import OmegaConf
+from rppnets.training import ConfigError, config_hash, train
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_KEYS = ("model/params_trainable", "model/params_dense_equivalent", "model/index_elements", "model/index_bytes",
@@ -69,9 +70,6 @@ def test_same_seed_same_result(tmp_path, fake_root):
 def test_finished_job_is_not_run_again(tmp_path, fake_root):
     results = {"run_name": "x", "config_hash": None, "metrics": {"test/acc": 0.5}}
     cfg = compose_train(["skip_finished=true", "logger=csv"], output_dir=tmp_path, fake_root=fake_root)
-    from omegaconf import OmegaConf
-    from rppnets.training import config_hash
-
     results["config_hash"] = config_hash(OmegaConf.to_container(cfg, resolve=True))
     (tmp_path / "results.json").write_text(json.dumps(results))
     assert train(cfg) == {"test/acc": 0.5}

@@ -6,8 +6,8 @@ import time
 from pathlib import Path
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import RichProgressBar
 import torch
+from pytorch_lightning.callbacks import RichProgressBar
 
 from rppnets.models import count_dense_equivalent, count_trainable
 

@@ -28,6 +28,8 @@ import weakref
 import numpy as np
 import torch
 
+from rppnets import feistel_cpu
+
 ROUNDS = 8
 MAX_IN_FEATURES = 2**30  # 30 bits: halves of at most 15 bits keep every product below 2**31
 
@@ -192,6 +194,11 @@ class IndexSource:
         index = rows if self.rows_are_fresh and rows.dtype == dtype else rows.to(dtype, copy=True)
         return torch.add(self._columns(dtype), index, alpha=self.n, out=index).view(-1)
 
+    def permuted_weight(self, weight: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        """W_p (m, k*n) with W_p[i, h*n + j] = W[P[h, i, j], j]; `index` is gather_index() if already made."""
+        index = self.gather_index() if index is None else index
+        return weight.reshape(-1).index_select(0, index).view(self.m, -1)
+
     def inverse_index(self) -> torch.Tensor:
         """Flat index into dW_p.reshape(-1), shape (k, m, n): entry [h, r, j] is where W[r, j] went in copy h."""
         kn = self.k * self.n
@@ -220,7 +227,10 @@ class StoredIndex(IndexSource):
 
 
 class GeneratedIndex(IndexSource):
-    """P recomputed from the round keys whenever it is needed; nothing of size m*k*n is kept."""
+    """P recomputed from the round keys whenever it is needed; nothing of size m*k*n is kept.
+
+    On the CPU the compiled kernel (rppnets.feistel_cpu) computes it, fused with the flat index.
+    """
 
     rows_are_fresh = True
 
@@ -228,8 +238,21 @@ class GeneratedIndex(IndexSource):
         super().__init__(m, n, k, keys.device)
         self.keys = keys
 
+    def _compiled(self, inverse: bool = False, n: int = 0) -> torch.Tensor | None:
+        return feistel_cpu.feistel_rows(self.keys, self.m, inverse, n) if self.device.type == "cpu" else None
+
     def rows(self) -> torch.Tensor:
-        return permuted_rows(self.m, self.keys)
+        rows = self._compiled()
+        return permuted_rows(self.m, self.keys) if rows is None else rows
 
     def inverse_rows(self) -> torch.Tensor:
-        return permuted_rows(self.m, self.keys, inverse=True)
+        rows = self._compiled(inverse=True)
+        return permuted_rows(self.m, self.keys, inverse=True) if rows is None else rows
+
+    def gather_index(self) -> torch.Tensor:
+        index = self._compiled(n=self.n)
+        return super().gather_index() if index is None else index.view(-1)
+
+    def permuted_weight(self, weight: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        fused = feistel_cpu.permuted_weight(self.keys, weight) if index is None and self.device.type == "cpu" else None
+        return super().permuted_weight(weight, index) if fused is None else fused

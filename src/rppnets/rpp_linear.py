@@ -25,12 +25,6 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
 
 
-def _permuted_weight(weight: torch.Tensor, source: IndexSource, index: torch.Tensor | None = None) -> torch.Tensor:
-    """W_p (m, k*n) with W_p[i, h*n + j] = W[P[h, i, j], j]; `index` is source.gather_index() if already made."""
-    index = source.gather_index() if index is None else index
-    return weight.reshape(-1).index_select(0, index).view(source.m, -1)
-
-
 def _fold_weight_grad(grad_wp: torch.Tensor, source: IndexSource, index: torch.Tensor | None = None) -> torch.Tensor:
     """dW (m, n) = the sum of dW_p over the k places each entry of W went to, in a fixed order."""
     accumulate = torch.promote_types(grad_wp.dtype, torch.float32)  # bf16 sums of k terms lose bits
@@ -61,7 +55,7 @@ class RPPFunction(torch.autograd.Function):
         # the index source is a plain object: saved-tensor hooks never see a persistent index
         ctx.source, ctx.dtype = source, dtype
         ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
-        wp = _permuted_weight(weight.to(dtype), source)  # (m, k*n)
+        wp = source.permuted_weight(weight.to(dtype))  # (m, k*n)
         if bias is None:
             return torch.mm(x.to(dtype), wp)
         ctx.reuse_bias = bias.numel() != wp.shape[1]
@@ -80,7 +74,7 @@ class RPPFunction(torch.autograd.Function):
         # One gather index serves both the rebuilt W_p and, on the CPU, the weight-gradient fold.
         index = source.gather_index() if need_x or (need_weight and grad_y.device.type == "cpu") else None
         if need_x:
-            wp = _permuted_weight(weight.to(dtype), source, index)
+            wp = source.permuted_weight(weight.to(dtype), index)
             grad_x = torch.mm(grad_y, wp.t()).to(x_dtype)
         if need_weight:
             grad_wp = torch.mm(x.to(dtype).t(), grad_y)  # (m, k*n)

@@ -1,0 +1,50 @@
+"""The compiled CPU kernel of the Feistel permutation (csrc/feistel.cpp), built on first use.
+
+`generated` layers recompute P twice per training step; in eager PyTorch that is about 50 passes
+over a tensor of m*k*n int32 values, several times the cost of the layer's matrix products. The
+C++ kernel computes each column's whole Feistel domain in a small vectorised table and walks the
+cycles there, writing P, the flat gather index P*n + j, or W_p itself (no index in memory) once. It gives exactly the values of
+`rppnets.permutation.permuted_rows`; the tests compare the two.
+
+The first call compiles it with torch.utils.cpp_extension (about 30 s; cached afterwards under
+TORCH_EXTENSIONS_DIR, by default ~/.cache/torch_extensions). Where that fails (no C++ compiler),
+one warning is given and the eager implementation is used. RPPNETS_EAGER_FEISTEL=1 skips the kernel.
+"""
+
+import functools
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).parent / "csrc" / "feistel.cpp"
+
+
+@functools.cache
+def kernel():
+    """The compiled module, or None where it cannot be built (after one warning) or is switched off."""
+    if os.environ.get("RPPNETS_EAGER_FEISTEL") == "1":
+        return None
+    from torch.utils.cpp_extension import load
+
+    try:
+        return load("rppnets_feistel", [str(SOURCE)], extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"])
+    except Exception as error:  # no compiler, no ninja, a broken toolchain: fall back, loudly
+        warnings.warn(f"rppnets: the C++ Feistel kernel could not be built ({error}); using eager PyTorch", stacklevel=2)
+        return None
+
+
+def feistel_rows(keys: torch.Tensor, m: int, inverse: bool = False, n: int = 0) -> torch.Tensor | None:
+    """P (m, c) as int32 from CPU round keys (2, rounds, c); with n >= 1, P * n + (column % n) instead.
+
+    None when the kernel is unavailable or the flat index would not fit in int32.
+    """
+    module = kernel() if m * max(n, 1) <= 2**31 else None
+    return None if module is None else module.feistel_rows(keys.contiguous(), m, inverse, n)
+
+
+def permuted_weight(keys: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
+    """W_p (m, c) with W_p[i, c] = W[P_c(i), c % n] for a CPU weight W (m, n); None without the kernel."""
+    module = kernel()
+    return None if module is None else module.permuted_weight(keys.contiguous(), weight)

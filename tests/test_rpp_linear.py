@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rppnets.rpp_linear import BIAS_MODES, PERMUTATIONS, RPPLinear, _fold_by_gather, _fold_weight_grad, index_storage
+from rppnets.rpp_linear import BIAS_MODES, PERMUTATIONS, RPPLinear, index_storage
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -156,8 +156,8 @@ def test_gpu_fold_through_the_inverse_agrees_with_the_cpu_scatter_add(permutatio
     layer = RPPLinear(300, 7, 6, permutation=permutation, seed=1, layer=2).double()
     source = layer.index_source(torch.device("cpu"))
     grad_wp = torch.randn(300, 42, dtype=torch.float64)
-    gathered = _fold_by_gather(grad_wp, source, torch.float64)
-    torch.testing.assert_close(gathered, _fold_weight_grad(grad_wp, source), atol=1e-12, rtol=0)
+    gathered = source.fold_by_gather(grad_wp, torch.float64)
+    torch.testing.assert_close(gathered, source.fold_weight_grad(grad_wp), atol=1e-12, rtol=0)
 
 
 def test_weight_gradient_is_deterministic():

@@ -22,13 +22,10 @@ cost as much again on this virtual machine. On an H200, eagerly: 0.42 ms (m = 10
 bound by kernel launches and the walking's synchronisations, not arithmetic.
 """
 
-import functools
 import weakref
 
 import numpy as np
 import torch
-
-from rppnets import feistel_cpu
 
 ROUNDS = 8
 MAX_IN_FEATURES = 2**30  # 30 bits: halves of at most 15 bits keep every product below 2**31
@@ -161,98 +158,3 @@ def shared_index(m: int, n: int, k: int, seed: int, device) -> torch.Tensor:
         index = (cpu if cpu is not None else build_index(m, n, k, seed, layer=0)).to(device)
         _SHARED[key] = index
     return index
-
-
-@functools.lru_cache(maxsize=64)
-def _columns(kn: int, n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """j for every output column h*n + j; cached, since it is tiny and needed twice a step."""
-    return (torch.arange(kn, device=device) % n).to(dtype)
-
-
-class IndexSource:
-    """Where a layer's permutation comes from during one forward and backward.
-
-    Subclasses give `rows()`, P as (m, k*n) (P[i, h*n + j] = P[h, i, j]) in some integer dtype,
-    and `inverse_rows()`, the inverse permutations in the same layout. Stored on the autograd ctx
-    as a plain object, so saved-tensor hooks do not see (or offload) a persistent index.
-    """
-
-    rows_are_fresh = False  # whether rows() returns a new tensor that callers may overwrite
-
-    def __init__(self, m: int, n: int, k: int, device: torch.device):
-        self.m, self.n, self.k, self.device = m, n, k, device
-
-    def _columns(self, dtype: torch.dtype) -> torch.Tensor:
-        return _columns(self.k * self.n, self.n, dtype, self.device)
-
-    def gather_index(self) -> torch.Tensor:
-        """Flat index into W.reshape(-1) that builds W_p (m, k*n): P * n + j, int32 where it fits."""
-        dtype = torch.int32 if self.m * self.n < 2**31 else torch.int64
-        rows = self.rows()
-        # Widen first, then one in-place pass of j + n * P: an add that mixes int16 and int32 takes a slow
-        # element-by-element path (3 ms instead of 0.1 ms for a million entries).
-        index = rows if self.rows_are_fresh and rows.dtype == dtype else rows.to(dtype, copy=True)
-        return torch.add(self._columns(dtype), index, alpha=self.n, out=index).view(-1)
-
-    def permuted_weight(self, weight: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
-        """W_p (m, k*n) with W_p[i, h*n + j] = W[P[h, i, j], j]; `index` is gather_index() if already made."""
-        index = self.gather_index() if index is None else index
-        return weight.reshape(-1).index_select(0, index).view(self.m, -1)
-
-    def inverse_index(self) -> torch.Tensor:
-        """Flat index into dW_p.reshape(-1), shape (k, m, n): entry [h, r, j] is where W[r, j] went in copy h."""
-        kn = self.k * self.n
-        dtype = torch.int32 if self.m * kn < 2**31 else torch.int64
-        offsets = torch.arange(kn, device=self.device, dtype=dtype).view(self.k, 1, self.n)  # h*n + j
-        inverse = self.inverse_rows().view(self.m, self.k, self.n).permute(1, 0, 2)  # (k, m, n)
-        out = torch.empty((self.k, self.m, self.n), dtype=dtype, device=self.device)
-        return torch.add(offsets, inverse, alpha=kn, out=out)
-
-
-class StoredIndex(IndexSource):
-    """A P tensor kept in memory (a layer's buffer, or the shared cache's entry)."""
-
-    def __init__(self, index: torch.Tensor, n: int, k: int):
-        super().__init__(index.shape[0], n, k, index.device)
-        self.index = index
-
-    def rows(self) -> torch.Tensor:
-        return self.index
-
-    def inverse_rows(self) -> torch.Tensor:
-        # each column of P is a permutation, so every target is written once: deterministic
-        m, kn = self.index.shape
-        sources = torch.arange(m, dtype=torch.int32, device=self.device)[:, None].expand(m, kn)
-        return torch.empty((m, kn), dtype=torch.int32, device=self.device).scatter_(0, self.index.long(), sources)
-
-
-class GeneratedIndex(IndexSource):
-    """P recomputed from the round keys whenever it is needed; nothing of size m*k*n is kept.
-
-    On the CPU the compiled kernel (rppnets.feistel_cpu) computes it, fused with the flat index.
-    """
-
-    rows_are_fresh = True
-
-    def __init__(self, m: int, n: int, k: int, keys: torch.Tensor):
-        super().__init__(m, n, k, keys.device)
-        self.keys = keys
-
-    def _compiled(self, inverse: bool = False, n: int = 0) -> torch.Tensor | None:
-        return feistel_cpu.feistel_rows(self.keys, self.m, inverse, n) if self.device.type == "cpu" else None
-
-    def rows(self) -> torch.Tensor:
-        rows = self._compiled()
-        return permuted_rows(self.m, self.keys) if rows is None else rows
-
-    def inverse_rows(self) -> torch.Tensor:
-        rows = self._compiled(inverse=True)
-        return permuted_rows(self.m, self.keys, inverse=True) if rows is None else rows
-
-    def gather_index(self) -> torch.Tensor:
-        index = self._compiled(n=self.n)
-        return super().gather_index() if index is None else index.view(-1)
-
-    def permuted_weight(self, weight: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
-        fused = feistel_cpu.permuted_weight(self.keys, weight) if index is None and self.device.type == "cpu" else None
-        return super().permuted_weight(weight, index) if fused is None else fused

@@ -6,15 +6,8 @@ import torch
 from torch import nn
 
 from rppnets.checks import check_choice, check_int
-from rppnets.permutation import (
-    MAX_IN_FEATURES,
-    GeneratedIndex,
-    IndexSource,
-    StoredIndex,
-    build_index,
-    round_keys,
-    shared_index,
-)
+from rppnets.index_sources import GeneratedIndex, IndexSource, StoredIndex
+from rppnets.permutation import MAX_IN_FEATURES, build_index, round_keys, shared_index
 
 BIAS_MODES = ("full", "reuse", "none")
 PERMUTATIONS = ("stored", "shared", "generated")
@@ -23,25 +16,6 @@ PERMUTATIONS = ("stored", "shared", "generated")
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     device = x.device.type
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
-
-
-def _fold_weight_grad(grad_wp: torch.Tensor, source: IndexSource, index: torch.Tensor | None = None) -> torch.Tensor:
-    """dW (m, n) = the sum of dW_p over the k places each entry of W went to, in a fixed order."""
-    accumulate = torch.promote_types(grad_wp.dtype, torch.float32)  # bf16 sums of k terms lose bits
-    if grad_wp.device.type == "cpu":
-        # bincount with weights is a serial scatter-add, so deterministic, and takes the int32
-        # index as it is. In the 784 x 1000 training step it beat scatter_add_ (which needs an
-        # int64 copy of the index) by 1.5 to 4 ms, and index_add_ by 0.2 to 0.8 ms.
-        weights = grad_wp.reshape(-1).to(accumulate)
-        index = source.gather_index() if index is None else index
-        return torch.bincount(index, weights, minlength=source.m * source.n).view(source.m, -1)
-    return _fold_by_gather(grad_wp, source, accumulate)
-
-
-def _fold_by_gather(grad_wp: torch.Tensor, source: IndexSource, accumulate: torch.dtype) -> torch.Tensor:
-    """The GPU's fold, without atomics: gather each copy through the inverse permutation, sum the k copies."""
-    copies = grad_wp.reshape(-1).index_select(0, source.inverse_index().view(-1))
-    return copies.view(source.k, source.m, source.n).sum(0, dtype=accumulate)
 
 
 class RPPFunction(torch.autograd.Function):
@@ -71,14 +45,14 @@ class RPPFunction(torch.autograd.Function):
         need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
         grad_y = grad_y.to(dtype)
         grad_x = grad_weight = grad_bias = None
-        # One gather index serves both the rebuilt W_p and, on the CPU, the weight-gradient fold.
-        index = source.gather_index() if need_x or (need_weight and grad_y.device.type == "cpu") else None
+        # On the CPU one gather index serves both the rebuilt W_p and the weight-gradient fold.
+        index = source.backward_index() if need_x or need_weight else None
         if need_x:
             wp = source.permuted_weight(weight.to(dtype), index)
             grad_x = torch.mm(grad_y, wp.t()).to(x_dtype)
         if need_weight:
             grad_wp = torch.mm(x.to(dtype).t(), grad_y)  # (m, k*n)
-            grad_weight = _fold_weight_grad(grad_wp, source, index).to(weight_dtype)
+            grad_weight = source.fold_weight_grad(grad_wp, index).to(weight_dtype)
         if need_bias:
             grad_bias = grad_y.sum(0)  # (k*n,)
             if ctx.reuse_bias:

@@ -1,0 +1,146 @@
+"""Triton kernels for RPP layers on CUDA: W_p built, and dW folded, in one launch each.
+
+At the sizes of this project a GPU step is bound by kernel launches, not arithmetic: eagerly, a
+generated P costs hundreds of small launches and a stored one several. Here P comes either from
+the layer's index (stored, shared) or from the Feistel network itself, evaluated per element in
+registers (generated): the same rounds and cycle walking as rppnets.permutation, in int32, so the
+values are identical. The weight gradient dW[r, j] = sum over h of dW_p[P^-1_h(r), h*n + j] is
+summed in a fixed order (h = 0..k-1) with no atomics, so it is deterministic.
+
+Imported only when a CUDA layer runs; where Triton is missing, CUDA layers run eagerly.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from rppnets.permutation import ROUNDS, feistel_bits
+
+BLOCK = 1024
+
+
+@triton.jit
+def _round(v, keys_ptr, column, columns, shape, R: tl.constexpr, ROUNDS: tl.constexpr):
+    """Round R: even rounds XOR F(low half) into the high half, odd rounds F(high half) into the low half."""
+    b, low, keep_even, left_even, right_even, keep_odd, left_odd, right_odd = shape
+    add = tl.load(keys_ptr + R * columns + column)
+    mul = tl.load(keys_ptr + (ROUNDS + R) * columns + column)
+    if R % 2 == 0:
+        f = ((v & low) * mul + add) & keep_even  # below 2**31: half < 2**15, mul and add < 2**16
+        v = v ^ ((f << left_even) >> right_even)
+    else:
+        f = ((v >> b) * mul + add) & keep_odd
+        v = v ^ ((f << left_odd) >> right_odd)
+    return v
+
+
+@triton.jit
+def _feistel(v, keys_ptr, column, columns, shape, ROUNDS: tl.constexpr, INVERSE: tl.constexpr):
+    """The t-bit Feistel network of rppnets.permutation._feistel on a block of values (no walking)."""
+    if INVERSE:  # each round is its own inverse: run them backwards
+        for step in tl.static_range(ROUNDS):
+            v = _round(v, keys_ptr, column, columns, shape, ROUNDS - 1 - step, ROUNDS)
+    else:
+        for step in tl.static_range(ROUNDS):
+            v = _round(v, keys_ptr, column, columns, shape, step, ROUNDS)
+    return v
+
+
+@triton.jit
+def _permute(x, keys_ptr, column, columns, m, shape, live, ROUNDS: tl.constexpr, INVERSE: tl.constexpr):
+    """P (or P^-1) of x < m for the given columns: Feistel rounds, then cycle walking until below m."""
+    y = _feistel(x, keys_ptr, column, columns, shape, ROUNDS, INVERSE)
+    while tl.max(tl.where(live & (y >= m), 1, 0)) > 0:
+        y = tl.where(y >= m, _feistel(y, keys_ptr, column, columns, shape, ROUNDS, INVERSE), y)
+    return y
+
+
+@triton.jit
+def _permuted_weight_kernel(
+    w_ptr, out_ptr, index_ptr, keys_ptr, m, n, columns, shape,
+    GENERATED: tl.constexpr, ROUNDS: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """out[i, c] = w[P_c(i), c % n] for the (m, columns) elements of this block."""
+    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    live = offsets < m * columns
+    i = (offsets // columns).to(tl.int32)
+    c = (offsets % columns).to(tl.int32)
+    if GENERATED:
+        row = _permute(i, keys_ptr, c, columns, m, shape, live, ROUNDS, False)
+    else:
+        row = tl.load(index_ptr + offsets, mask=live, other=0).to(tl.int32)
+    value = tl.load(w_ptr + row.to(tl.int64) * n + c % n, mask=live)
+    tl.store(out_ptr + offsets, value, mask=live)
+
+
+@triton.jit
+def _fold_generated_kernel(
+    g_ptr, out_ptr, keys_ptr, m, n, k, shape,
+    ROUNDS: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """out[r, j] = sum over h = 0..k-1 of g[P^-1_c(r), c] with c = h*n + j, in that order."""
+    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    live = offsets < m * n
+    r = (offsets // n).to(tl.int32)
+    j = (offsets % n).to(tl.int32)
+    columns = k * n
+    total = tl.zeros([BLOCK], dtype=out_ptr.dtype.element_ty)
+    for h in range(0, k):
+        c = h * n + j
+        i = _permute(r, keys_ptr, c, columns, m, shape, live, ROUNDS, True)
+        total += tl.load(g_ptr + i.to(tl.int64) * columns + c, mask=live, other=0).to(total.dtype)
+    tl.store(out_ptr + offsets, total, mask=live)
+
+
+@triton.jit
+def _unpermute_kernel(g_ptr, out_ptr, index_ptr, m, n, columns, BLOCK: tl.constexpr):
+    """out[h, P_c(i), j] = g[i, c] with c = h*n + j: each column's permutation undone, no collisions."""
+    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    live = offsets < m * columns
+    c = offsets % columns
+    row = tl.load(index_ptr + offsets, mask=live, other=0).to(tl.int64)
+    target = ((c // n) * m + row) * n + c % n
+    tl.store(out_ptr + target, tl.load(g_ptr + offsets, mask=live), mask=live)
+
+
+def _shape(m: int) -> tuple[int, ...]:
+    """The round constants of an m-row Feistel network (halves of a = ceil(t/2), b = floor(t/2) bits):
+    b, the low mask, and for even and odd rounds the mask of F's kept bits and the shifts that move
+    them onto the other half (only one of each pair is nonzero)."""
+    t = feistel_bits(m)
+    a, b = (t + 1) // 2, t // 2
+    constants = [b, (1 << b) - 1]
+    for width, to_bit in ((a, b), (b, 0)):
+        shift = to_bit - (16 - width)
+        constants += [((1 << width) - 1) << (16 - width), max(shift, 0), max(-shift, 0)]
+    return tuple(constants)
+
+
+def _grid(numel: int) -> tuple[int]:
+    return (triton.cdiv(numel, BLOCK),)
+
+
+def permuted_weight(weight: torch.Tensor, k: int, index: torch.Tensor | None = None, keys: torch.Tensor | None = None):
+    """W_p (m, k*n) from W (m, n), P read from `index` (m, k*n) or generated from `keys`."""
+    weight = weight.contiguous()
+    (m, n), columns = weight.shape, k * weight.shape[1]
+    out = torch.empty((m, columns), dtype=weight.dtype, device=weight.device)
+    generated = index is None
+    _permuted_weight_kernel[_grid(m * columns)](
+        weight, out, keys if generated else index, keys if generated else index, m, n, columns, _shape(m),
+        GENERATED=generated, ROUNDS=ROUNDS, BLOCK=BLOCK,
+    )  # fmt: skip
+    return out
+
+
+def fold_weight_grad(grad_wp: torch.Tensor, n: int, k: int, accumulate: torch.dtype, index=None, keys=None):
+    """dW (m, n) in `accumulate`: the k copies of dW_p (m, k*n) unpermuted and summed, h = 0..k-1."""
+    grad_wp = grad_wp.contiguous()
+    m = grad_wp.shape[0]
+    if index is None:
+        out = torch.empty((m, n), dtype=accumulate, device=grad_wp.device)
+        _fold_generated_kernel[_grid(m * n)](grad_wp, out, keys, m, n, k, _shape(m), ROUNDS=ROUNDS, BLOCK=BLOCK)
+        return out
+    copies = torch.empty((k, m, n), dtype=grad_wp.dtype, device=grad_wp.device)
+    _unpermute_kernel[_grid(grad_wp.numel())](grad_wp, copies, index, m, n, k * n, BLOCK=BLOCK)
+    return copies.sum(0, dtype=accumulate)

@@ -41,6 +41,17 @@ def time_block(step, steps: int, device: torch.device) -> float:
     return (time.perf_counter() - start) * 1e3 / steps
 
 
+def kernels_per_step(step, steps: int = 5) -> float:
+    """CUDA kernels (and copies) launched per step, counted by the profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    return sum(e.device_type == torch.autograd.DeviceType.CUDA for e in prof.events()) / steps
+
+
 def persistent_bytes(layer: nn.Module, optimizer: torch.optim.Optimizer) -> int:
     """Parameters, gradients, Adam state, buffers and kept permutation indices, each storage once."""
     tensors = list(layer.parameters()) + [p.grad for p in layer.parameters()] + list(layer.buffers())
@@ -94,6 +105,9 @@ def main():
         memory = {name: persistent_bytes(layers[name], opt) for name, (_, opt) in steps.items()}
         saved = {name: saved_bytes(layer, x) for name, layer in layers.items()}
 
+        if device.type == "cuda":
+            counts = {name: kernels_per_step(step) for name, (step, _) in steps.items()}
+            print("kernels per step: " + ", ".join(f"{name} {count:.0f}" for name, count in counts.items()))
         times = {name: [] for name in layers}
         for _ in range(args.repeats):  # interleaved blocks: the machine's noise hits all alike
             for name, (step, _) in steps.items():

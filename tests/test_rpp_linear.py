@@ -283,3 +283,23 @@ def test_cuda_shared_index_follows_the_device_and_bfloat16_autocast_runs():
     assert y.dtype == torch.bfloat16 and layer.index_tensor().is_cuda
     y.float().sum().backward()
     assert layer.weight.grad.dtype == torch.float32 and layer.weight.grad.is_cuda
+
+
+@cuda
+@pytest.mark.parametrize("permutation", PERMUTATIONS)
+def test_cuda_triton_kernels_match_the_eager_cuda_path(permutation, monkeypatch):
+    from rppnets import index_sources
+
+    layer = RPPLinear(784, 10, 100, permutation=permutation, seed=4, layer=1).cuda()
+    x = torch.randn(128, 784, device="cuda", requires_grad=True)
+    results = []
+    for triton_on in (True, False):
+        if not triton_on:
+            monkeypatch.setattr(index_sources, "_triton", lambda: None)
+        x.grad = layer.weight.grad = layer.bias.grad = None
+        y = layer(x)
+        y.square().mean().backward()
+        results.append((y, x.grad, layer.weight.grad, layer.bias.grad))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert torch.equal(results[0][0], results[1][0])  # the same W_p, so the same forward

@@ -1,14 +1,13 @@
-"""Triton kernels for RPP layers on CUDA: W_p built, and dW folded, in one launch each.
+"""Triton kernels for RPP layers on CUDA: W_p built in one launch, dW folded in two.
 
 At the sizes of this project a GPU step is bound by kernel launches, not arithmetic: eagerly, a
 generated P costs hundreds of small launches and a stored one several. Here P comes either from
 the layer's index (stored, shared) or from the Feistel network itself, evaluated per element in
 registers (generated): the same rounds and cycle walking as rppnets.permutation, in int32, so the
-values are identical. The weight gradient dW[r, j] = sum over h of dW_p[P^-1_h(r), h*n + j] is
-summed in a fixed order (h = 0..k-1) with no atomics, so it is deterministic.
+values are identical. The weight gradient dW[r, j] = sum over h of dW_p[P^-1_h(r), h*n + j]: one
+kernel puts the k copies back in W's order, a sum over k adds them; no atomics, so deterministic.
 
-Imported only when a CUDA layer runs; where Triton is missing, CUDA layers run eagerly.
-"""
+Imported only when a CUDA layer runs; where Triton is missing, CUDA layers run eagerly."""
 
 import torch
 import triton
@@ -57,12 +56,12 @@ def _permute(x, keys_ptr, column, columns, m, shape, live, ROUNDS: tl.constexpr,
 
 @triton.jit
 def _permuted_weight_kernel(
-    w_ptr, out_ptr, index_ptr, keys_ptr, m, n, columns, shape,
+    w_ptr, out_ptr, index_ptr, keys_ptr, m, n, columns, numel, shape,
     GENERATED: tl.constexpr, ROUNDS: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
-    """out[i, c] = w[P_c(i), c % n] for the (m, columns) elements of this block."""
+    """out[i, c] = w[P_c(i), c % n]: one lane per element of W_p (m, columns)."""
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    live = offsets < m * columns
+    live = offsets < numel
     i = (offsets // columns).to(tl.int32)
     c = (offsets % columns).to(tl.int32)
     if GENERATED:
@@ -74,33 +73,24 @@ def _permuted_weight_kernel(
 
 
 @triton.jit
-def _fold_generated_kernel(
-    g_ptr, out_ptr, keys_ptr, m, n, k, shape,
-    ROUNDS: tl.constexpr, BLOCK: tl.constexpr,
+def _unpermute_kernel(
+    g_ptr, out_ptr, index_ptr, keys_ptr, m, n, columns, numel, shape,
+    GENERATED: tl.constexpr, ROUNDS: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
-    """out[r, j] = sum over h = 0..k-1 of g[P^-1_c(r), c] with c = h*n + j, in that order."""
+    """out[h, r, j] = g[P^-1_c(r), c] with c = h*n + j: each of the k copies in dW_p (m, columns) put back in W's order."""
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    live = offsets < m * n
-    r = (offsets // n).to(tl.int32)
-    j = (offsets % n).to(tl.int32)
-    columns = k * n
-    total = tl.zeros([BLOCK], dtype=out_ptr.dtype.element_ty)
-    for h in range(0, k):
-        c = h * n + j
+    live = offsets < numel
+    if GENERATED:  # a lane per output (h, r, j): P^-1 in registers, then a gather
+        j = offsets % n
+        r = ((offsets // n) % m).to(tl.int32)
+        c = ((offsets // (m * n)) * n + j).to(tl.int32)
         i = _permute(r, keys_ptr, c, columns, m, shape, live, ROUNDS, True)
-        total += tl.load(g_ptr + i.to(tl.int64) * columns + c, mask=live, other=0).to(total.dtype)
-    tl.store(out_ptr + offsets, total, mask=live)
-
-
-@triton.jit
-def _unpermute_kernel(g_ptr, out_ptr, index_ptr, m, n, columns, BLOCK: tl.constexpr):
-    """out[h, P_c(i), j] = g[i, c] with c = h*n + j: each column's permutation undone, no collisions."""
-    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    live = offsets < m * columns
-    c = offsets % columns
-    row = tl.load(index_ptr + offsets, mask=live, other=0).to(tl.int64)
-    target = ((c // n) * m + row) * n + c % n
-    tl.store(out_ptr + target, tl.load(g_ptr + offsets, mask=live), mask=live)
+        tl.store(out_ptr + offsets, tl.load(g_ptr + i.to(tl.int64) * columns + c, mask=live), mask=live)
+    else:  # a lane per input (i, c): P from the index, then a scatter that writes every target once
+        c = offsets % columns
+        row = tl.load(index_ptr + offsets, mask=live, other=0).to(tl.int64)
+        target = ((c // n) * m + row) * n + c % n
+        tl.store(out_ptr + target, tl.load(g_ptr + offsets, mask=live), mask=live)
 
 
 def _shape(m: int) -> tuple[int, ...]:
@@ -120,27 +110,25 @@ def _grid(numel: int) -> tuple[int]:
     return (triton.cdiv(numel, BLOCK),)
 
 
+def _launch(kernel, source: torch.Tensor, out: torch.Tensor, n: int, columns: int, index, keys) -> torch.Tensor:
+    m, generated = source.shape[0], index is None
+    p = keys if generated else index  # the kernels read only the one that their GENERATED says
+    kernel[(triton.cdiv(out.numel(), BLOCK),)](
+        source, out, p, p, m, n, columns, out.numel(), _shape(m), GENERATED=generated, ROUNDS=ROUNDS, BLOCK=BLOCK
+    )
+    return out
+
+
 def permuted_weight(weight: torch.Tensor, k: int, index: torch.Tensor | None = None, keys: torch.Tensor | None = None):
     """W_p (m, k*n) from W (m, n), P read from `index` (m, k*n) or generated from `keys`."""
     weight = weight.contiguous()
     (m, n), columns = weight.shape, k * weight.shape[1]
     out = torch.empty((m, columns), dtype=weight.dtype, device=weight.device)
-    generated = index is None
-    _permuted_weight_kernel[_grid(m * columns)](
-        weight, out, keys if generated else index, keys if generated else index, m, n, columns, _shape(m),
-        GENERATED=generated, ROUNDS=ROUNDS, BLOCK=BLOCK,
-    )  # fmt: skip
-    return out
+    return _launch(_permuted_weight_kernel, weight, out, n, columns, index, keys)
 
 
 def fold_weight_grad(grad_wp: torch.Tensor, n: int, k: int, accumulate: torch.dtype, index=None, keys=None):
-    """dW (m, n) in `accumulate`: the k copies of dW_p (m, k*n) unpermuted and summed, h = 0..k-1."""
+    """dW (m, n) in `accumulate`: the k copies of dW_p (m, k*n) put back in W's order, then summed over k."""
     grad_wp = grad_wp.contiguous()
-    m = grad_wp.shape[0]
-    if index is None:
-        out = torch.empty((m, n), dtype=accumulate, device=grad_wp.device)
-        _fold_generated_kernel[_grid(m * n)](grad_wp, out, keys, m, n, k, _shape(m), ROUNDS=ROUNDS, BLOCK=BLOCK)
-        return out
-    copies = torch.empty((k, m, n), dtype=grad_wp.dtype, device=grad_wp.device)
-    _unpermute_kernel[_grid(grad_wp.numel())](grad_wp, copies, index, m, n, k * n, BLOCK=BLOCK)
-    return copies.sum(0, dtype=accumulate)
+    copies = torch.empty((k, grad_wp.shape[0], n), dtype=grad_wp.dtype, device=grad_wp.device)
+    return _launch(_unpermute_kernel, grad_wp, copies, n, k * n, index, keys).sum(0, dtype=accumulate)

@@ -1,4 +1,4 @@
-"""The permutation P of an RPP layer: a keyed Feistel bijection per column copy, and index sources.
+"""The permutation P of an RPP layer: a keyed Feistel bijection per column copy, its keys, index and shared cache.
 
 P[h, :, j] (copy h, column j) is a pseudo-random permutation of 0..m-1: a Feistel network on
 t = max(1, ceil(log2 m)) bits, with halves of ceil(t/2) and floor(t/2) bits that take turns, and
@@ -14,12 +14,14 @@ the position and neighbour tests for m >= 100 but leave excess fixed points and 
 correlation (z = 3 to 5 at m = 33, 784, 2000); 8 pass everything we tried. A fixed multiplier
 instead of the keyed k2 fails the position test at 4 rounds (z = 100 at m = 100).
 
-Cost on the 2-thread CPU, 1000 columns: one pass over a power of two (m = 1024) takes 2.3 to 2.9 ms,
-2.2 to 2.8 ns per element of P (49 int32 passes over the tensor); m = 784, where 23% of the
-1024-value domain is out of range and cycle walking adds a pass over those values and some
-bookkeeping, takes 4.8 to 6.5 ms, 6 to 8 ns per element. First touches of the fresh buffers can
-cost as much again on this virtual machine. On an H200, eagerly: 0.42 ms (m = 1024), 2.5 ms (784),
-bound by kernel launches and the walking's synchronisations, not arithmetic.
+Cost, 1000 columns. This module's eager version (the reference, used to build stored indices) makes
+49 int32 passes over the tensor: on the 2-thread CPU 2.3 to 2.9 ms for m = 1024 and 4.8 to 6.5 ms
+for m = 784, where 23% of the 1024-value domain is out of range and cycle walking adds bookkeeping;
+on an H200 0.42 and 2.5 ms, bound by kernel launches and the walking's synchronisations. Generated
+layers use compiled kernels instead (rppnets.index_sources): the C++ one takes 1.5 to 1.9 ms for
+m = 1024 and 2.3 to 2.4 ms for m = 784 on the same CPU (1.5 to 3 ns per element, half of it the
+vectorised rounds, the rest cycle walking and writing); the Triton one evaluates P per element in
+registers inside the kernel that uses it, costing no launches of its own.
 """
 
 import weakref

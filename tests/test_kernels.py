@@ -96,3 +96,16 @@ def test_triton_kernels_in_the_interpreter_equal_the_eager_reference():
     result = subprocess.run([sys.executable, "-c", TRITON_CHECK], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "triton kernels agree" in result.stdout
+
+
+@pytest.mark.parametrize("m", [200, 784, 70000])  # P stored as uint8, int16, int32
+def test_cpu_gather_and_fold_equal_index_select_and_bincount_bit_for_bit(cpu_kernel, m):
+    n, k = 3, 4
+    rows = build_index(m, n, k, seed=2, layer=1)
+    flat = StoredIndex(rows, n, k).gather_index().long()
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        weight, grad_wp = torch.randn(m, n).to(dtype), torch.randn(m, k * n).to(dtype)
+        assert torch.equal(feistel_cpu.gather_weight(rows, weight), weight.reshape(-1)[flat].view(m, -1))
+        accumulate = torch.promote_types(dtype, torch.float32)
+        want = torch.bincount(flat, grad_wp.reshape(-1).to(accumulate), minlength=m * n).view(m, n)
+        assert torch.equal(feistel_cpu.fold_weight_grad(rows, grad_wp, n), want), (m, dtype)

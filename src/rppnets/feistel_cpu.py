@@ -3,8 +3,10 @@
 `generated` layers recompute P twice per training step; in eager PyTorch that is about 50 passes
 over a tensor of m*k*n int32 values, several times the cost of the layer's matrix products. The
 C++ kernel computes each column's whole Feistel domain in a small vectorised table and walks the
-cycles there, writing P, the flat gather index P*n + j, or W_p itself (no index in memory) once. It gives exactly the values of
-`rppnets.permutation.permuted_rows`; the tests compare the two.
+cycles there, writing P or W_p itself (no index in memory) once. It gives
+exactly the values of `rppnets.permutation.permuted_rows`; the tests compare the two. Two more
+functions serve every mode: W_p from P's rows, and dW folded from dW_p, both reading P as it is
+stored (uint8, int16 or int32) instead of first widening it into a flat int32 index.
 
 The first call compiles it with torch.utils.cpp_extension (about 30 s; cached afterwards under
 TORCH_EXTENSIONS_DIR, by default ~/.cache/torch_extensions). Where that fails (no C++ compiler),
@@ -35,16 +37,25 @@ def kernel():
         return None
 
 
-def feistel_rows(keys: torch.Tensor, m: int, inverse: bool = False, n: int = 0) -> torch.Tensor | None:
-    """P (m, c) as int32 from CPU round keys (2, rounds, c); with n >= 1, P * n + (column % n) instead.
-
-    None when the kernel is unavailable or the flat index would not fit in int32.
-    """
-    module = kernel() if m * max(n, 1) <= 2**31 else None
-    return None if module is None else module.feistel_rows(keys.contiguous(), m, inverse, n)
+def feistel_rows(keys: torch.Tensor, m: int, inverse: bool = False) -> torch.Tensor | None:
+    """P (m, c) as int32 from CPU round keys (2, rounds, c), or its inverse; None without the kernel."""
+    module = kernel()
+    return None if module is None else module.feistel_rows(keys.contiguous(), m, inverse)
 
 
 def permuted_weight(keys: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
-    """W_p (m, c) with W_p[i, c] = W[P_c(i), c % n] for a CPU weight W (m, n); None without the kernel."""
+    """W_p (m, c) with W_p[i, c] = W[P_c(i), c % n] for a CPU weight W (m, n), P generated; None without the kernel."""
     module = kernel()
     return None if module is None else module.permuted_weight(keys.contiguous(), weight)
+
+
+def gather_weight(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
+    """W_p (m, k*n) with W_p[i, h*n + j] = W[rows[i, h*n + j], j]; rows of uint8, int16 or int32. None without the kernel."""
+    module = kernel()
+    return None if module is None else module.gather_weight(rows.contiguous(), weight)
+
+
+def fold_weight_grad(rows: torch.Tensor, grad_wp: torch.Tensor, n: int) -> torch.Tensor | None:
+    """dW (m, n), float32 or float64: dW[rows[i, c], c % n] += dW_p[i, c], added in bincount's order. None without the kernel."""
+    module = kernel()
+    return None if module is None else module.fold_weight_grad(rows.contiguous(), grad_wp, n)

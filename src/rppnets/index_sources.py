@@ -1,12 +1,12 @@
 """Where an RPP layer's P comes from in a step, and the two things a step does with it: build W_p, fold dW_p into dW.
 
 Each runs on the fastest path for its device:
-- CPU: W_p by `index_select` through the flat index P*n + j; dW by `bincount` (a serial,
-  deterministic scatter-add) through the same index. Generated P comes from the C++ kernel
-  (rppnets.feistel_cpu), which also builds W_p directly with no index in memory.
+- CPU: the C++ kernels (rppnets.feistel_cpu) gather W_p and fold dW (a serial, deterministic
+  scatter-add in torch.bincount's order) reading P as stored; generated P comes from the same
+  extension, which builds W_p in the forward with no index in memory. Without a compiler: eager
+  `index_select` and `bincount` through the flat index P*n + j, with the same results.
 - CUDA with Triton: one kernel builds W_p, reading P from the index or generating it in registers;
-  one kernel folds dW through P^-1 (generated), or one unpermutes the k copies and a sum adds them
-  (stored). No atomics, so deterministic.
+  one kernel puts the k copies of dW_p back in W's order and a sum adds them. No atomics.
 - CUDA without Triton: eager ops (gather through P^-1 and a sum over k for the fold).
 """
 
@@ -51,17 +51,18 @@ class IndexSource:
     def _triton(self):
         return _triton() if self.device.type == "cuda" else None
 
-    def backward_index(self) -> torch.Tensor | None:
-        """The index that serves both W_p and the fold of a CPU backward (made once); None elsewhere."""
-        return self.gather_index() if self.device.type == "cpu" else None
+    def backward_rows(self) -> torch.Tensor | None:
+        """P's rows for a CPU backward, made once for both W_p and the fold; None on CUDA (the kernels read P)."""
+        return self.rows() if self.device.type == "cpu" else None
 
-    def gather_index(self) -> torch.Tensor:
+    def gather_index(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Flat index into W.reshape(-1) that builds W_p (m, k*n): P * n + j, int32 where it fits."""
         dtype = torch.int32 if self.m * self.n < 2**31 else torch.int64
-        rows = self.rows()
+        fresh = rows is None and self.rows_are_fresh
+        rows = self.rows() if rows is None else rows
         # Widen first, then one in-place pass of j + n * P: an add that mixes int16 and int32 takes a slow
         # element-by-element path (3 ms instead of 0.1 ms for a million entries).
-        index = rows if self.rows_are_fresh and rows.dtype == dtype else rows.to(dtype, copy=True)
+        index = rows if fresh and rows.dtype == dtype else rows.to(dtype, copy=True)
         columns = _columns(self.k * self.n, self.n, dtype, self.device)
         return torch.add(columns, index, alpha=self.n, out=index).view(-1)
 
@@ -74,27 +75,31 @@ class IndexSource:
         out = torch.empty((self.k, self.m, self.n), dtype=dtype, device=self.device)
         return torch.add(offsets, inverse, alpha=kn, out=out)
 
-    def permuted_weight(self, weight: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
-        """W_p (m, k*n) with W_p[i, h*n + j] = W[P[h, i, j], j]; `index`: a gather_index() already made."""
-        kernels = self._triton() if index is None else None
+    def permuted_weight(self, weight: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """W_p (m, k*n) with W_p[i, h*n + j] = W[P[h, i, j], j]; `rows`: P's rows if already made."""
+        kernels = self._triton()
         if kernels is not None:
             return kernels.permuted_weight(weight, self.k, **self._kernel_args())
-        index = self.gather_index() if index is None else index
-        return weight.reshape(-1).index_select(0, index).view(self.m, -1)
+        if self.device.type == "cpu":
+            wp = feistel_cpu.gather_weight(self.rows() if rows is None else rows, weight)
+            if wp is not None:
+                return wp
+        return weight.reshape(-1).index_select(0, self.gather_index(rows)).view(self.m, -1)
 
-    def fold_weight_grad(self, grad_wp: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+    def fold_weight_grad(self, grad_wp: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """dW (m, n): the sum of dW_p (m, k*n) over the k places each entry of W went to, in a fixed order.
 
         Summed in float32 at least (bf16 sums of k terms lose bits); the caller casts to W's dtype.
         """
         accumulate = torch.promote_types(grad_wp.dtype, torch.float32)
         if self.device.type == "cpu":
-            # bincount with weights is a serial scatter-add, so deterministic, and takes the int32
-            # index as it is. In the 784 x 1000 training step it beat scatter_add_ (which needs an
-            # int64 copy of the index) by 1.5 to 4 ms, and index_add_ by 0.2 to 0.8 ms.
-            index = self.gather_index() if index is None else index
+            rows = self.rows() if rows is None else rows
+            folded = feistel_cpu.fold_weight_grad(rows, grad_wp, self.n)
+            if folded is not None:
+                return folded
+            # bincount with weights is the same serial scatter-add, eagerly, through the flat index
             weights = grad_wp.reshape(-1).to(accumulate)
-            return torch.bincount(index, weights, minlength=self.m * self.n).view(self.m, -1)
+            return torch.bincount(self.gather_index(rows), weights, minlength=self.m * self.n).view(self.m, -1)
         kernels = self._triton()
         if kernels is not None:
             return kernels.fold_weight_grad(grad_wp, self.n, self.k, accumulate, **self._kernel_args())
@@ -129,7 +134,7 @@ class StoredIndex(IndexSource):
 class GeneratedIndex(IndexSource):
     """P recomputed from the round keys whenever it is needed; nothing of size m*k*n is kept.
 
-    On the CPU the compiled kernel (rppnets.feistel_cpu) computes it, fused with the flat index or W_p.
+    On the CPU the compiled kernel (rppnets.feistel_cpu) computes it, and builds W_p with it directly.
     """
 
     rows_are_fresh = True
@@ -138,8 +143,8 @@ class GeneratedIndex(IndexSource):
         super().__init__(m, n, k, keys.device)
         self.keys = keys
 
-    def _compiled(self, inverse: bool = False, n: int = 0) -> torch.Tensor | None:
-        return feistel_cpu.feistel_rows(self.keys, self.m, inverse, n) if self.device.type == "cpu" else None
+    def _compiled(self, inverse: bool = False) -> torch.Tensor | None:
+        return feistel_cpu.feistel_rows(self.keys, self.m, inverse) if self.device.type == "cpu" else None
 
     def rows(self) -> torch.Tensor:
         rows = self._compiled()
@@ -149,13 +154,9 @@ class GeneratedIndex(IndexSource):
         rows = self._compiled(inverse=True)
         return permuted_rows(self.m, self.keys, inverse=True) if rows is None else rows
 
-    def gather_index(self) -> torch.Tensor:
-        index = self._compiled(n=self.n)
-        return super().gather_index() if index is None else index.view(-1)
-
-    def permuted_weight(self, weight: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
-        fused = feistel_cpu.permuted_weight(self.keys, weight) if index is None and self.device.type == "cpu" else None
-        return super().permuted_weight(weight, index) if fused is None else fused
+    def permuted_weight(self, weight: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        fused = feistel_cpu.permuted_weight(self.keys, weight) if rows is None and self.device.type == "cpu" else None
+        return super().permuted_weight(weight, rows) if fused is None else fused
 
     def _kernel_args(self) -> dict:
         return {"keys": self.keys}

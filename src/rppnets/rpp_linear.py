@@ -45,14 +45,14 @@ class RPPFunction(torch.autograd.Function):
         need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
         grad_y = grad_y.to(dtype)
         grad_x = grad_weight = grad_bias = None
-        # On the CPU one gather index serves both the rebuilt W_p and the weight-gradient fold.
-        index = source.backward_index() if need_x or need_weight else None
+        # On the CPU P's rows, made once, serve both the rebuilt W_p and the weight-gradient fold.
+        rows = source.backward_rows() if need_x or need_weight else None
         if need_x:
-            wp = source.permuted_weight(weight.to(dtype), index)
+            wp = source.permuted_weight(weight.to(dtype), rows)
             grad_x = torch.mm(grad_y, wp.t()).to(x_dtype)
         if need_weight:
             grad_wp = torch.mm(x.to(dtype).t(), grad_y)  # (m, k*n)
-            grad_weight = source.fold_weight_grad(grad_wp, index).to(weight_dtype)
+            grad_weight = source.fold_weight_grad(grad_wp, rows).to(weight_dtype)
         if need_bias:
             grad_bias = grad_y.sum(0)  # (k*n,)
             if ctx.reuse_bias:

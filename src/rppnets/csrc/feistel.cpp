@@ -3,6 +3,7 @@
 // table. The same bijection as rppnets.permutation.permuted_rows, bit for bit.
 #include <torch/extension.h>
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -60,15 +61,13 @@ static void for_each_column(const torch::Tensor& keys, int64_t m, bool inverse, 
   });
 }
 
-// (m, columns) int32: P_c(i), or with n >= 1 the flat gather index P_c(i) * n + c % n into an (m, n) weight.
-torch::Tensor feistel_rows(const torch::Tensor& keys, int64_t m, bool inverse, int64_t n) {
-  TORCH_CHECK(n >= 0 && m * std::max<int64_t>(n, 1) <= (int64_t(1) << 31), "the index does not fit in int32");
+// P (m, columns) as int32: out[i, c] = P_c(i), or its inverse.
+torch::Tensor feistel_rows(const torch::Tensor& keys, int64_t m, bool inverse) {
   const int64_t columns = keys.size(2);
   auto out = torch::empty({m, columns}, keys.options());
   int32_t* o = out.data_ptr<int32_t>();
   for_each_column(keys, m, inverse, [&](int64_t c, const int32_t* p) {
-    const int32_t scale = n ? int32_t(n) : 1, offset = n ? int32_t(c % n) : 0;
-    for (int64_t i = 0; i < m; ++i) o[i * columns + c] = walk(p, i, int32_t(m)) * scale + offset;
+    for (int64_t i = 0; i < m; ++i) o[i * columns + c] = walk(p, i, int32_t(m));
   });
   return out;
 }
@@ -90,7 +89,69 @@ torch::Tensor permuted_weight(const torch::Tensor& keys, const torch::Tensor& we
   return out;
 }
 
+// Calls f with the index's data as a pointer to its integer type (stored indices are uint8, int16 or int32).
+template <typename F>
+static void with_index(const torch::Tensor& index, const F& f) {
+  switch (index.scalar_type()) {
+    case torch::kByte: f(index.data_ptr<uint8_t>()); break;
+    case torch::kShort: f(index.data_ptr<int16_t>()); break;
+    case torch::kInt: f(index.data_ptr<int32_t>()); break;
+    default: TORCH_CHECK(false, "index: expected uint8, int16 or int32, got ", index.scalar_type());
+  }
+}
+
+static void check_rows(const torch::Tensor& rows, const torch::Tensor& values, int64_t n) {
+  TORCH_CHECK(rows.device().is_cpu() && rows.dim() == 2 && rows.is_contiguous(), "rows: expected a contiguous CPU matrix");
+  TORCH_CHECK(n >= 1 && rows.size(1) % n == 0, "rows: the column count must be a multiple of n");
+  TORCH_CHECK(values.device().is_cpu() && values.dim() == 2 && values.size(0) == rows.size(0), "values: expected (m, *) on the CPU");
+}
+
+// W_p (m, k*n) from the hidden weight W (m, n) and P's rows (m, k*n): W_p[i, h*n + j] = W[P[i, h*n + j], j].
+torch::Tensor gather_weight(const torch::Tensor& rows, const torch::Tensor& weight) {
+  const int64_t m = rows.size(0), columns = rows.size(1), n = weight.size(1), k = columns / n;
+  check_rows(rows, weight, n);
+  const auto w_contiguous = weight.contiguous();
+  auto out = torch::empty({m, columns}, weight.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, weight.scalar_type(), "gather_weight", [&] {
+    const scalar_t* w = w_contiguous.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    with_index(rows, [&](const auto* p) {
+      at::parallel_for(0, m, 16, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i)
+          for (int64_t h = 0, e = i * columns; h < k; ++h)
+            for (int64_t j = 0; j < n; ++j, ++e) o[e] = w[int64_t(p[e]) * n + j];
+      });
+    });
+  });
+  return out;
+}
+
+// dW (m, n) from dW_p (m, k*n) and P's rows: dW[P[i, h*n + j], j] += dW_p[i, h*n + j], in float32 (float64 for
+// double). Each entry's terms are added in the order of (i, h), as torch.bincount over the flat index adds them,
+// so the sums are the same bit for bit.
+torch::Tensor fold_weight_grad(const torch::Tensor& rows, const torch::Tensor& grad, int64_t n) {
+  const int64_t m = rows.size(0), columns = rows.size(1), k = columns / n;
+  check_rows(rows, grad, n);
+  TORCH_CHECK(grad.size(1) == columns, "grad: expected the shape of rows");
+  const auto g_contiguous = grad.contiguous();
+  const auto accumulate = grad.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
+  auto out = torch::zeros({m, n}, grad.options().dtype(accumulate));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad.scalar_type(), "fold_weight_grad", [&] {
+    using acc_t = at::opmath_type<scalar_t>;  // float for float, bfloat16 and half; double for double
+    const scalar_t* g = g_contiguous.data_ptr<scalar_t>();
+    acc_t* o = out.data_ptr<acc_t>();
+    with_index(rows, [&](const auto* p) {
+      for (int64_t e = 0, i = 0; i < m; ++i)  // serial, like bincount: the adds of one entry may not be reordered
+        for (int64_t h = 0; h < k; ++h)
+          for (int64_t j = 0; j < n; ++j, ++e) o[int64_t(p[e]) * n + j] += acc_t(g[e]);
+    });
+  });
+  return out;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
-  module.def("feistel_rows", &feistel_rows, "P (or its flat gather index) of every column, on the CPU");
+  module.def("feistel_rows", &feistel_rows, "P (or its inverse) of every column, on the CPU");
   module.def("permuted_weight", &permuted_weight, "W_p from W, generating P on the fly, on the CPU");
+  module.def("gather_weight", &gather_weight, "W_p from W and P's rows, on the CPU");
+  module.def("fold_weight_grad", &fold_weight_grad, "dW from dW_p and P's rows, deterministically, on the CPU");
 }

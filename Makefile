@@ -27,7 +27,7 @@ setup: $(STAMP)  ## create .venv and install the project (skipped when up to dat
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
-	$(PY) -c "from rppnets import feistel_cpu; feistel_cpu.kernel()"  # compile the C++ kernel once (~30 s)
+	$(PY) -c "from rppnets import cpu_kernels; cpu_kernels.kernel()"  # compile the C++ kernels once (~30 s)
 	touch $@
 
 data: setup  ## fetch and verify Fashion-MNIST into data/

@@ -3,8 +3,8 @@
 # and a short training run of the RPP network on the GPU. From the repo root: bash benchmarks/gpu_checks.sh [data root]
 set -uo pipefail
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" WANDB_MODE=offline PYTHONUNBUFFERED=1
-# the C++ CPU kernel is checked on the CPU machines; here the CPU side of the CUDA tests runs eagerly (same values)
-export RPPNETS_EAGER_FEISTEL=${RPPNETS_EAGER_FEISTEL:-1}
+# the C++ CPU kernels are checked on the CPU machines; here the CPU side of the CUDA tests runs eagerly (same values)
+export RPPNETS_CPU_KERNELS=${RPPNETS_CPU_KERNELS:-0}
 PY=${PY:-.venv/bin/python}
 root=${1:-data}
 out=$(mktemp -d)

@@ -41,15 +41,16 @@ def time_block(step, steps: int, device: torch.device) -> float:
     return (time.perf_counter() - start) * 1e3 / steps
 
 
-def kernels_per_step(step, steps: int = 5) -> float:
-    """CUDA kernels (and copies) launched per step, counted by the profiler."""
+def device_work(step, steps: int = 5) -> tuple[float, float]:
+    """CUDA kernels (and copies) launched per step, and their summed time on the GPU per step (us), by the profiler."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
             step()
         torch.cuda.synchronize()
-    return sum(e.device_type == torch.autograd.DeviceType.CUDA for e in prof.events()) / steps
+    events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    return len(events) / steps, sum(e.time_range.elapsed_us() for e in events) / steps
 
 
 def persistent_bytes(layer: nn.Module, optimizer: torch.optim.Optimizer) -> int:
@@ -106,8 +107,11 @@ def main():
         saved = {name: saved_bytes(layer, x) for name, layer in layers.items()}
 
         if device.type == "cuda":
-            counts = {name: kernels_per_step(step) for name, (step, _) in steps.items()}
-            print("kernels per step: " + ", ".join(f"{name} {count:.0f}" for name, count in counts.items()))
+            # the wall-clock step of a small layer is bound by launching kernels; this is the GPU's own share
+            work = {name: device_work(step) for name, (step, _) in steps.items()}
+            print("per step, kernels and their GPU time: " + ", ".join(
+                f"{name} {count:.0f} / {us:.0f} us ({us / work['dense'][1]:.2f}x)" for name, (count, us) in work.items()
+            ))  # fmt: skip
         times = {name: [] for name in layers}
         for _ in range(args.repeats):  # interleaved blocks: the machine's noise hits all alike
             for name, (step, _) in steps.items():

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from rppnets import feistel_cpu
+from rppnets import cpu_kernels
 from rppnets.index_sources import GeneratedIndex, StoredIndex
 from rppnets.permutation import build_index, permuted_rows, round_keys
-from rppnets.rpp_linear import RPPLinear
+from rppnets.rpp_linear import PERMUTATIONS, RPPLinear
 
 # edge cases of the Feistel domain: tiny, powers of two and their neighbours, the project's sizes
 ROWS = [1, 2, 3, 4, 5, 15, 16, 17, 100, 255, 256, 257, 513, 784, 1000, 1024, 1025, 2049]
@@ -22,10 +22,10 @@ ROWS = [1, 2, 3, 4, 5, 15, 16, 17, 100, 255, 256, 257, 513, 784, 1000, 1024, 102
 
 @pytest.fixture(scope="module")
 def cpu_kernel():
-    if os.environ.get("RPPNETS_EAGER_FEISTEL") == "1":
-        pytest.skip("the C++ kernel is switched off (RPPNETS_EAGER_FEISTEL=1)")
-    module = feistel_cpu.kernel()
-    assert module is not None, "the C++ Feistel kernel did not build (see the warning)"
+    if os.environ.get("RPPNETS_CPU_KERNELS") == "0":
+        pytest.skip("the C++ kernels are switched off (RPPNETS_CPU_KERNELS=0)")
+    module = cpu_kernels.kernel()
+    assert module is not None, "the C++ kernels did not build (see the warning)"
     return module
 
 
@@ -33,26 +33,30 @@ def test_cpu_kernel_rows_and_inverse_equal_the_eager_reference(cpu_kernel):
     keys = round_keys(seed=7, layer=3, k=4, n=5)
     for m in ROWS:
         for inverse in (False, True):
-            assert torch.equal(feistel_cpu.feistel_rows(keys, m, inverse), permuted_rows(m, keys, inverse)), (m, inverse)
+            assert torch.equal(cpu_kernels.feistel_rows(keys, m, inverse), permuted_rows(m, keys, inverse)), (m, inverse)
 
 
-def test_cpu_kernel_flat_index_and_permuted_weight_equal_the_eager_paths(cpu_kernel):
+def test_cpu_kernels_build_the_w_p_of_an_eager_gather_in_every_mode(cpu_kernel):
     m, n, k = 300, 7, 6
     generated = GeneratedIndex(m, n, k, round_keys(seed=1, layer=2, k=k, n=n))
     stored = StoredIndex(build_index(m, n, k, seed=1, layer=2), n, k)
+    index = stored.gather_index().long()
     assert torch.equal(generated.gather_index(), stored.gather_index())
     for dtype in (torch.float32, torch.float64, torch.bfloat16):
         weight = torch.randn(m, n).to(dtype)
-        assert torch.equal(generated.permuted_weight(weight), stored.permuted_weight(weight)), dtype
+        want = weight.reshape(-1)[index].view(m, -1)
+        assert torch.equal(generated.permuted_weight(weight), want), dtype  # P generated inside the kernel
+        assert torch.equal(stored.permuted_weight(weight), want), dtype  # P read from the index
 
 
-def test_generated_layer_gives_identical_results_with_and_without_the_kernel(cpu_kernel, monkeypatch):
-    layer = RPPLinear(100, 4, 5, permutation="generated", seed=3)
+@pytest.mark.parametrize("permutation", PERMUTATIONS)
+def test_layer_gives_identical_results_with_and_without_the_kernels(cpu_kernel, monkeypatch, permutation):
+    layer = RPPLinear(100, 4, 5, permutation=permutation, seed=3)
     x = torch.randn(8, 100, requires_grad=True)
     results = []
     for use_kernel in (True, False):
         if not use_kernel:
-            monkeypatch.setattr(feistel_cpu, "kernel", lambda: None)
+            monkeypatch.setattr(cpu_kernels, "kernel", lambda: None)
         x.grad = layer.weight.grad = layer.bias.grad = None
         y = layer(x)
         y.square().sum().backward()
@@ -64,7 +68,7 @@ def test_generated_layer_gives_identical_results_with_and_without_the_kernel(cpu
 TRITON_CHECK = textwrap.dedent(
     """
     import torch
-    from rppnets import feistel_triton as kernels
+    from rppnets import triton_kernels as kernels
     from rppnets.index_sources import GeneratedIndex
     from rppnets.permutation import build_index, round_keys
 
@@ -105,7 +109,7 @@ def test_cpu_gather_and_fold_equal_index_select_and_bincount_bit_for_bit(cpu_ker
     flat = StoredIndex(rows, n, k).gather_index().long()
     for dtype in (torch.float32, torch.float64, torch.bfloat16):
         weight, grad_wp = torch.randn(m, n).to(dtype), torch.randn(m, k * n).to(dtype)
-        assert torch.equal(feistel_cpu.gather_weight(rows, weight), weight.reshape(-1)[flat].view(m, -1))
+        assert torch.equal(cpu_kernels.gather_weight(rows, weight), weight.reshape(-1)[flat].view(m, -1))
         accumulate = torch.promote_types(dtype, torch.float32)
         want = torch.bincount(flat, grad_wp.reshape(-1).to(accumulate), minlength=m * n).view(m, n)
-        assert torch.equal(feistel_cpu.fold_weight_grad(rows, grad_wp, n), want), (m, dtype)
+        assert torch.equal(cpu_kernels.fold_weight_grad(rows, grad_wp, n), want), (m, dtype)

@@ -1,7 +1,7 @@
 """Where an RPP layer's P comes from in a step, and the two things a step does with it: build W_p, fold dW_p into dW.
 
 Each runs on the fastest path for its device:
-- CPU: the C++ kernels (rppnets.feistel_cpu) gather W_p and fold dW (a serial, deterministic
+- CPU: the C++ kernels (rppnets.cpu_kernels) gather W_p and fold dW (a serial, deterministic
   scatter-add in torch.bincount's order) reading P as stored; generated P comes from the same
   extension, which builds W_p in the forward with no index in memory. Without a compiler: eager
   `index_select` and `bincount` through the flat index P*n + j, with the same results.
@@ -14,18 +14,18 @@ import functools
 
 import torch
 
-from rppnets import feistel_cpu
+from rppnets import cpu_kernels
 from rppnets.permutation import permuted_rows
 
 
 @functools.cache
 def _triton():
-    """rppnets.feistel_triton where Triton is installed (CUDA builds of PyTorch), else None."""
+    """rppnets.triton_kernels where Triton is installed (CUDA builds of PyTorch), else None."""
     try:
-        from rppnets import feistel_triton
+        from rppnets import triton_kernels
     except ImportError:
         return None
-    return feistel_triton
+    return triton_kernels
 
 
 @functools.lru_cache(maxsize=64)
@@ -81,7 +81,7 @@ class IndexSource:
         if kernels is not None:
             return kernels.permuted_weight(weight, self.k, **self._kernel_args())
         if self.device.type == "cpu":
-            wp = feistel_cpu.gather_weight(self.rows() if rows is None else rows, weight)
+            wp = cpu_kernels.gather_weight(self.rows() if rows is None else rows, weight)
             if wp is not None:
                 return wp
         return weight.reshape(-1).index_select(0, self.gather_index(rows)).view(self.m, -1)
@@ -94,7 +94,7 @@ class IndexSource:
         accumulate = torch.promote_types(grad_wp.dtype, torch.float32)
         if self.device.type == "cpu":
             rows = self.rows() if rows is None else rows
-            folded = feistel_cpu.fold_weight_grad(rows, grad_wp, self.n)
+            folded = cpu_kernels.fold_weight_grad(rows, grad_wp, self.n)
             if folded is not None:
                 return folded
             # bincount with weights is the same serial scatter-add, eagerly, through the flat index
@@ -134,7 +134,7 @@ class StoredIndex(IndexSource):
 class GeneratedIndex(IndexSource):
     """P recomputed from the round keys whenever it is needed; nothing of size m*k*n is kept.
 
-    On the CPU the compiled kernel (rppnets.feistel_cpu) computes it, and builds W_p with it directly.
+    On the CPU the compiled kernel (rppnets.cpu_kernels) computes it, and builds W_p with it directly.
     """
 
     rows_are_fresh = True
@@ -144,7 +144,7 @@ class GeneratedIndex(IndexSource):
         self.keys = keys
 
     def _compiled(self, inverse: bool = False) -> torch.Tensor | None:
-        return feistel_cpu.feistel_rows(self.keys, self.m, inverse) if self.device.type == "cpu" else None
+        return cpu_kernels.feistel_rows(self.keys, self.m, inverse) if self.device.type == "cpu" else None
 
     def rows(self) -> torch.Tensor:
         rows = self._compiled()
@@ -155,7 +155,7 @@ class GeneratedIndex(IndexSource):
         return permuted_rows(self.m, self.keys, inverse=True) if rows is None else rows
 
     def permuted_weight(self, weight: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        fused = feistel_cpu.permuted_weight(self.keys, weight) if rows is None and self.device.type == "cpu" else None
+        fused = cpu_kernels.permuted_weight(self.keys, weight) if rows is None and self.device.type == "cpu" else None
         return super().permuted_weight(weight, rows) if fused is None else fused
 
     def _kernel_args(self) -> dict:

@@ -1,16 +1,16 @@
-"""The compiled CPU kernel of the Feistel permutation (csrc/feistel.cpp), built on first use.
+"""The compiled CPU kernels of RPP layers (csrc/cpu_kernels.cpp), built on first use: P generated, W_p gathered, dW folded.
 
 `generated` layers recompute P twice per training step; in eager PyTorch that is about 50 passes
 over a tensor of m*k*n int32 values, several times the cost of the layer's matrix products. The
 C++ kernel computes each column's whole Feistel domain in a small vectorised table and walks the
-cycles there, writing P or W_p itself (no index in memory) once. It gives
-exactly the values of `rppnets.permutation.permuted_rows`; the tests compare the two. Two more
+cycles there, writing P or W_p itself (no index in memory) once. It gives exactly the values of
+`rppnets.permutation.permuted_rows`; the tests compare the two. Two more
 functions serve every mode: W_p from P's rows, and dW folded from dW_p, both reading P as it is
 stored (uint8, int16 or int32) instead of first widening it into a flat int32 index.
 
-The first call compiles it with torch.utils.cpp_extension (about 30 s; cached afterwards under
+The first call compiles them with torch.utils.cpp_extension (about 30 s; cached afterwards under
 TORCH_EXTENSIONS_DIR, by default ~/.cache/torch_extensions). Where that fails (no C++ compiler),
-one warning is given and the eager implementation is used. RPPNETS_EAGER_FEISTEL=1 skips the kernel.
+one warning is given and eager PyTorch is used, with the same results. RPPNETS_CPU_KERNELS=0 skips the kernels.
 """
 
 import functools
@@ -25,15 +25,15 @@ SOURCE = Path(__file__).parent / "csrc" / "feistel.cpp"
 
 @functools.cache
 def kernel():
-    """The compiled module, or None where it cannot be built (after one warning) or is switched off."""
-    if os.environ.get("RPPNETS_EAGER_FEISTEL") == "1":
+    """The compiled extension, or None where it cannot be built (after one warning) or is switched off."""
+    if os.environ.get("RPPNETS_CPU_KERNELS") == "0":
         return None
     from torch.utils.cpp_extension import load
 
     try:
-        return load("rppnets_feistel", [str(SOURCE)], extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"])
+        return load("rppnets_cpu_kernels", [str(SOURCE)], extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"])
     except Exception as error:  # no compiler, no ninja, a broken toolchain: fall back, loudly
-        warnings.warn(f"rppnets: the C++ Feistel kernel could not be built ({error}); using eager PyTorch", stacklevel=2)
+        warnings.warn(f"rppnets: the C++ kernels could not be built ({error}); using eager PyTorch", stacklevel=2)
         return None
 
 

@@ -1,6 +1,8 @@
-// P of a generated RPP layer on the CPU, one column at a time: the Feistel network over the whole
-// domain 0..2^t-1 into a small table (a vectorised pass per round), then cycle walking through that
-// table. The same bijection as rppnets.permutation.permuted_rows, bit for bit.
+// The CPU kernels of RPP layers (loaded by rppnets.cpu_kernels).
+// P of a generated layer, one column at a time: the Feistel network over the whole domain 0..2^t-1
+// into a small table (a vectorised pass per round), then cycle walking through that table; the same
+// bijection as rppnets.permutation.permuted_rows, bit for bit. And for every mode, W_p gathered from
+// W and dW folded from dW_p, reading P's rows as stored (uint8, int16 or int32).
 #include <torch/extension.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>

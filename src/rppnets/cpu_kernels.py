@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).parent / "csrc" / "feistel.cpp"
+SOURCE = Path(__file__).parent / "csrc" / "cpu_kernels.cpp"
 
 
 @functools.cache

@@ -50,3 +50,11 @@ def compose_train(overrides=(), output_dir=None, fake_root=None):
         quick.append(f"paths.output_dir={output_dir}")
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose("train", overrides=quick + list(overrides))
+
+
+def forward_backward(layer, x):
+    """y = layer(x) and, after a backward of y.square().mean() from cleared gradients, those of x, W and b."""
+    x.grad = layer.weight.grad = layer.bias.grad = None
+    y = layer(x)
+    y.square().mean().backward()
+    return y, x.grad, layer.weight.grad, layer.bias.grad

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import forward_backward
 
 from rppnets import cpu_kernels
 from rppnets.index_sources import GeneratedIndex, StoredIndex
@@ -53,16 +54,10 @@ def test_cpu_kernels_build_the_w_p_of_an_eager_gather_in_every_mode(cpu_kernel):
 def test_layer_gives_identical_results_with_and_without_the_kernels(cpu_kernel, monkeypatch, permutation):
     layer = RPPLinear(100, 4, 5, permutation=permutation, seed=3)
     x = torch.randn(8, 100, requires_grad=True)
-    results = []
-    for use_kernel in (True, False):
-        if not use_kernel:
-            monkeypatch.setattr(cpu_kernels, "kernel", lambda: None)
-        x.grad = layer.weight.grad = layer.bias.grad = None
-        y = layer(x)
-        y.square().sum().backward()
-        results.append((y, x.grad, layer.weight.grad, layer.bias.grad))
-    for with_kernel, eager in zip(*results):
-        assert torch.equal(with_kernel, eager)
+    with_kernels = forward_backward(layer, x)
+    monkeypatch.setattr(cpu_kernels, "kernel", lambda: None)
+    for got, eager in zip(with_kernels, forward_backward(layer, x)):
+        assert torch.equal(got, eager)
 
 
 TRITON_CHECK = textwrap.dedent(

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import forward_backward
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -292,14 +293,9 @@ def test_cuda_triton_kernels_match_the_eager_cuda_path(permutation, monkeypatch)
 
     layer = RPPLinear(784, 10, 100, permutation=permutation, seed=4, layer=1).cuda()
     x = torch.randn(128, 784, device="cuda", requires_grad=True)
-    results = []
-    for triton_on in (True, False):
-        if not triton_on:
-            monkeypatch.setattr(index_sources, "_triton", lambda: None)
-        x.grad = layer.weight.grad = layer.bias.grad = None
-        y = layer(x)
-        y.square().mean().backward()
-        results.append((y, x.grad, layer.weight.grad, layer.bias.grad))
-    for got, want in zip(*results):
+    with_triton = forward_backward(layer, x)
+    monkeypatch.setattr(index_sources, "_triton", lambda: None)
+    eager = forward_backward(layer, x)
+    for got, want in zip(with_triton, eager):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
-    assert torch.equal(results[0][0], results[1][0])  # the same W_p, so the same forward
+    assert torch.equal(with_triton[0], eager[0])  # the same W_p, so the same forward

@@ -9,6 +9,8 @@ kernel puts the k copies back in W's order, a sum over k adds them; no atomics, 
 
 Imported only when a CUDA layer runs; where Triton is missing, CUDA layers run eagerly."""
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -93,6 +95,7 @@ def _unpermute_kernel(
         tl.store(out_ptr + target, tl.load(g_ptr + offsets, mask=live), mask=live)
 
 
+@functools.lru_cache(maxsize=64)
 def _shape(m: int) -> tuple[int, ...]:
     """The round constants of an m-row Feistel network (halves of a = ceil(t/2), b = floor(t/2) bits):
     b, the low mask, and for even and odd rounds the mask of F's kept bits and the shifts that move
@@ -106,11 +109,8 @@ def _shape(m: int) -> tuple[int, ...]:
     return tuple(constants)
 
 
-def _grid(numel: int) -> tuple[int]:
-    return (triton.cdiv(numel, BLOCK),)
-
-
 def _launch(kernel, source: torch.Tensor, out: torch.Tensor, n: int, columns: int, index, keys) -> torch.Tensor:
+    """Fills `out` with one of the kernels, one lane per element of out, reading P from `index` or `keys`."""
     m, generated = source.shape[0], index is None
     p = keys if generated else index  # the kernels read only the one that their GENERATED says
     kernel[(triton.cdiv(out.numel(), BLOCK),)](

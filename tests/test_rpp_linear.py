@@ -1,5 +1,7 @@
 """Tests of RPPLinear: against an explicit float64 reference, structure of P, modes, memory, bad input."""
 
+import copy
+
 import pytest
 import torch
 from conftest import forward_backward
@@ -191,6 +193,18 @@ def test_shared_layers_hold_one_index_between_them():
     model = torch.nn.Sequential(a, torch.nn.ReLU(), torch.nn.Linear(6, 40), b)
     assert index_storage(model) == (40 * 6, 40 * 6)  # uint8, counted once
     assert "shared_index" not in model.state_dict() and len(list(model.buffers())) == 0
+
+
+def test_a_deep_copy_shares_the_shared_index_and_copies_the_rest():
+    model = torch.nn.ModuleList([RPPLinear(40, 3, 2, permutation="shared", seed=4), RPPLinear(40, 3, 2, seed=4)])
+    clone = copy.deepcopy(model)
+    assert clone[0].index_tensor() is model[0].index_tensor()  # the process-wide cache's entry
+    assert clone[1].index_tensor().data_ptr() != model[1].index_tensor().data_ptr()  # a stored index is the layer's
+    assert clone[0].weight.data_ptr() != model[0].weight.data_ptr()
+    assert index_storage(torch.nn.ModuleList([model, clone])) == (3 * 240, 3 * 240)  # uint8
+    x = torch.randn(5, 40)
+    for copied, original in zip(clone, model):
+        assert torch.equal(copied(x), original(x))
 
 
 def test_index_storage_counts_stored_per_layer_and_generated_as_zero():

@@ -1,5 +1,6 @@
 """RPPLinear: a k-times wider linear layer whose weights are k random permutations of one hidden weight."""
 
+import copy
 import math
 
 import torch
@@ -152,6 +153,15 @@ class RPPLinear(nn.Module):
             keys = round_keys(self.seed, self.layer, k, n).to(device)  # (2, rounds, k*n), tiny
             self.register_buffer("keys", keys, persistent=False)
         self.reset_parameters()
+
+    def __deepcopy__(self, memo):
+        """A copy (SWA, EMA, `copy.deepcopy`) shares the process-wide shared index instead of copying it."""
+        if self.permutation == "shared":
+            memo[id(self.shared_index)] = self.shared_index
+        clone = self.__class__.__new__(self.__class__)
+        memo[id(self)] = clone
+        clone.__dict__.update({key: copy.deepcopy(value, memo) for key, value in self.__dict__.items()})
+        return clone
 
     def reset_parameters(self) -> None:
         bound = 1 / math.sqrt(self.in_features)

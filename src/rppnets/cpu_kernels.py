@@ -37,25 +37,26 @@ def kernel():
         return None
 
 
+def _call(name: str, *args) -> torch.Tensor | None:
+    module = kernel()
+    return None if module is None else getattr(module, name)(*args)
+
+
 def feistel_rows(keys: torch.Tensor, m: int, inverse: bool = False) -> torch.Tensor | None:
     """P (m, c) as int32 from CPU round keys (2, rounds, c), or its inverse; None without the kernel."""
-    module = kernel()
-    return None if module is None else module.feistel_rows(keys.contiguous(), m, inverse)
+    return _call("feistel_rows", keys.contiguous(), m, inverse)
 
 
 def permuted_weight(keys: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
     """W_p (m, c) with W_p[i, c] = W[P_c(i), c % n] for a CPU weight W (m, n), P generated; None without the kernel."""
-    module = kernel()
-    return None if module is None else module.permuted_weight(keys.contiguous(), weight)
+    return _call("permuted_weight", keys.contiguous(), weight)
 
 
 def gather_weight(rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
     """W_p (m, k*n) with W_p[i, h*n + j] = W[rows[i, h*n + j], j]; rows of uint8, int16 or int32. None without the kernel."""
-    module = kernel()
-    return None if module is None else module.gather_weight(rows.contiguous(), weight)
+    return _call("gather_weight", rows.contiguous(), weight)
 
 
 def fold_weight_grad(rows: torch.Tensor, grad_wp: torch.Tensor, n: int) -> torch.Tensor | None:
     """dW (m, n), float32 or float64: dW[rows[i, c], c % n] += dW_p[i, c], added in bincount's order. None without the kernel."""
-    module = kernel()
-    return None if module is None else module.fold_weight_grad(rows.contiguous(), grad_wp, n)
+    return _call("fold_weight_grad", rows.contiguous(), grad_wp, n)

@@ -81,7 +81,8 @@ class IndexSource:
         if kernels is not None:
             return kernels.permuted_weight(weight, self.k, **self._kernel_args())
         if self.device.type == "cpu":
-            wp = cpu_kernels.gather_weight(self.rows() if rows is None else rows, weight)
+            rows = self.rows() if rows is None else rows  # made once, for the kernel or for the fallback
+            wp = cpu_kernels.gather_weight(rows, weight)
             if wp is not None:
                 return wp
         return weight.reshape(-1).index_select(0, self.gather_index(rows)).view(self.m, -1)

@@ -68,6 +68,19 @@ def feistel_bits(m: int) -> int:
     return max(1, (m - 1).bit_length())
 
 
+def round_shape(t: int) -> tuple[int, ...]:
+    """The constants of the t-bit network's rounds (halves of a = ceil(t/2) and b = floor(t/2) bits):
+    b and the low half's mask, then for even rounds (F of the low half into the high) and odd rounds
+    (F of the high half into the low) the mask of F's bits kept (the top ones of its low 16) and the
+    left and right shifts that move them onto the other half (one of the two is 0)."""
+    a, b = (t + 1) // 2, t // 2
+    constants = [b, (1 << b) - 1]
+    for width, to_bit in ((a, b), (b, 0)):
+        shift = to_bit - (16 - width)
+        constants += [((1 << width) - 1) << (16 - width), max(shift, 0), max(-shift, 0)]
+    return tuple(constants)
+
+
 def _feistel(x: torch.Tensor, k1: torch.Tensor, k2: torch.Tensor, t: int, inverse: bool) -> torch.Tensor:
     """One pass of the t-bit Feistel network, no cycle walking; k1[r], k2[r] broadcast with x.
 
@@ -76,22 +89,20 @@ def _feistel(x: torch.Tensor, k1: torch.Tensor, k2: torch.Tensor, t: int, invers
     half. That is the textbook network whose halves swap every round, with only two buffers; each
     round is its own inverse, so the inverse runs the same rounds backwards.
     """
-    a, b = (t + 1) // 2, t // 2
+    b, low, *parities = round_shape(t)
     state = torch.empty(torch.broadcast_shapes(x.shape, k1.shape[1:]), dtype=torch.int32, device=x.device)
     state.copy_(x)
     f = torch.empty_like(state)
     for r in reversed(range(ROUNDS)) if inverse else range(ROUNDS):
         if r % 2 == 0:  # high ^= F(low)
-            torch.bitwise_and(state, (1 << b) - 1, out=f)
-            width, to_bit = a, b
+            torch.bitwise_and(state, low, out=f)
         else:  # low ^= F(high)
             torch.bitwise_right_shift(state, b, out=f)
-            width, to_bit = b, 0
+        keep, left, right = parities[3 * (r % 2) : 3 * (r % 2) + 3]
         # f < 2**15, k2 < 2**16 and k1 < 2**16: f * k2 + k1 stays below 2**31
         torch.addcmul(k1[r], f, k2[r], out=f)
-        f.bitwise_and_(((1 << width) - 1) << (16 - width))  # the top `width` bits of the low 16
-        shift = to_bit - (16 - width)
-        f = f.bitwise_left_shift_(shift) if shift >= 0 else f.bitwise_right_shift_(-shift)
+        f.bitwise_and_(keep)
+        f = f.bitwise_left_shift_(left) if left else f.bitwise_right_shift_(right)
         state.bitwise_xor_(f)
     return state
 

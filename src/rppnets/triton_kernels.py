@@ -15,14 +15,16 @@ import torch
 import triton
 import triton.language as tl
 
-from rppnets.permutation import ROUNDS, feistel_bits
+from rppnets.permutation import ROUNDS, feistel_bits, round_shape
 
 BLOCK = 1024
 
 
 @triton.jit
 def _round(v, keys_ptr, column, columns, shape, R: tl.constexpr, ROUNDS: tl.constexpr):
-    """Round R: even rounds XOR F(low half) into the high half, odd rounds F(high half) into the low half."""
+    """Round R: even rounds XOR F(low half) into the high half, odd rounds F(high half) into the low half.
+
+    `shape` is rppnets.permutation.round_shape(t)."""
     b, low, keep_even, left_even, right_even, keep_odd, left_odd, right_odd = shape
     add = tl.load(keys_ptr + R * columns + column)
     mul = tl.load(keys_ptr + (ROUNDS + R) * columns + column)
@@ -57,13 +59,19 @@ def _permute(x, keys_ptr, column, columns, m, shape, live, ROUNDS: tl.constexpr,
 
 
 @triton.jit
+def _lanes(numel, BLOCK: tl.constexpr):
+    """This program's block of flat element numbers, and which of them exist."""
+    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    return offsets, offsets < numel
+
+
+@triton.jit
 def _permuted_weight_kernel(
     w_ptr, out_ptr, index_ptr, keys_ptr, m, n, columns, numel, shape,
     GENERATED: tl.constexpr, ROUNDS: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     """out[i, c] = w[P_c(i), c % n]: one lane per element of W_p (m, columns)."""
-    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    live = offsets < numel
+    offsets, live = _lanes(numel, BLOCK)
     i = (offsets // columns).to(tl.int32)
     c = (offsets % columns).to(tl.int32)
     if GENERATED:
@@ -80,8 +88,7 @@ def _unpermute_kernel(
     GENERATED: tl.constexpr, ROUNDS: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     """out[h, r, j] = g[P^-1_c(r), c] with c = h*n + j: each of the k copies in dW_p (m, columns) put back in W's order."""
-    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    live = offsets < numel
+    offsets, live = _lanes(numel, BLOCK)
     if GENERATED:  # a lane per output (h, r, j): P^-1 in registers, then a gather
         j = offsets % n
         r = ((offsets // n) % m).to(tl.int32)
@@ -97,16 +104,8 @@ def _unpermute_kernel(
 
 @functools.lru_cache(maxsize=64)
 def _shape(m: int) -> tuple[int, ...]:
-    """The round constants of an m-row Feistel network (halves of a = ceil(t/2), b = floor(t/2) bits):
-    b, the low mask, and for even and odd rounds the mask of F's kept bits and the shifts that move
-    them onto the other half (only one of each pair is nonzero)."""
-    t = feistel_bits(m)
-    a, b = (t + 1) // 2, t // 2
-    constants = [b, (1 << b) - 1]
-    for width, to_bit in ((a, b), (b, 0)):
-        shift = to_bit - (16 - width)
-        constants += [((1 << width) - 1) << (16 - width), max(shift, 0), max(-shift, 0)]
-    return tuple(constants)
+    """The round constants of an m-row network (rppnets.permutation.round_shape), passed to the kernels."""
+    return round_shape(feistel_bits(m))
 
 
 def _launch(kernel, source: torch.Tensor, out: torch.Tensor, n: int, columns: int, index, keys) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """Tests of the Feistel permutation: bijectivity, inverse, statistics, keys, storage types and cache."""
 
 import gc
+import hashlib
 import math
 
 import pytest
@@ -17,6 +18,7 @@ from rppnets.permutation import (
     round_keys,
     shared_index,
 )
+from rppnets.rpp_linear import RPPLinear
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -137,3 +139,29 @@ def test_cuda_gives_the_same_permutation(m):
     keys = round_keys(seed=4, layer=2, k=3, n=50)
     for inverse in (False, True):
         assert torch.equal(permuted_rows(m, keys.cuda(), inverse).cpu(), permuted_rows(m, keys, inverse))
+
+
+# sha256 (first 16 hex digits) of P's rows (m, k*n) as int32 for (m, n, k, seed, layer): saved checkpoints hold W
+# and the bias only, so a change to the P that these produce would silently scramble every trained RPP network
+GOLDEN = {
+    (1, 1, 1, 0, 0): "df3f619804a92fdb",
+    (13, 5, 7, 3, 2): "36f2343133058013",
+    (300, 7, 6, 1, 2): "4cf6d34793ac5d37",
+    (784, 10, 100, 0, 0): "1a731313917abb46",
+    (1000, 10, 100, 0, 1): "737183d143b4cc2b",
+    (70000, 2, 2, 5, 3): "eca4343d8e86ea6e",
+}
+
+
+def rows_hash(rows: torch.Tensor) -> str:
+    return hashlib.sha256(rows.to(torch.int32).contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize("shape", GOLDEN)
+def test_feistel_permutations_are_the_ones_checkpoints_were_trained_with(shape):
+    m, n, k, seed, layer = shape
+    assert rows_hash(build_index(m, n, k, seed, layer)) == GOLDEN[shape]
+    modes = ["stored", "generated"] + (["shared"] if layer == 0 else [])  # shared is always layer 0's P
+    for mode in modes:
+        p = RPPLinear(m, n, k, permutation=mode, seed=seed, layer=layer).permutation_tensor()  # (k, m, n)
+        assert rows_hash(p.permute(1, 0, 2).reshape(m, k * n)) == GOLDEN[shape], mode

@@ -15,6 +15,7 @@ from rppnets.permutation import (
     feistel_bits,
     index_dtype,
     permuted_rows,
+    random_index,
     round_keys,
     shared_index,
 )
@@ -165,3 +166,8 @@ def test_feistel_permutations_are_the_ones_checkpoints_were_trained_with(shape):
     for mode in modes:
         p = RPPLinear(m, n, k, permutation=mode, seed=seed, layer=layer).permutation_tensor()  # (k, m, n)
         assert rows_hash(p.permute(1, 0, 2).reshape(m, k * n)) == GOLDEN[shape], mode
+
+
+def test_random_control_permutation_is_the_one_checkpoints_were_trained_with():
+    # randperm is torch's: if a torch upgrade changes its draws, "random" checkpoints no longer reload this P
+    assert rows_hash(random_index(300, 7, 6, seed=1, layer=2)) == "0f72d5cc1ed349e8"

@@ -8,7 +8,8 @@ from conftest import forward_backward
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rppnets.rpp_linear import BIAS_MODES, PERMUTATIONS, RPPLinear, index_storage
+from rppnets.permutation import build_index
+from rppnets.rpp_linear import BIAS_MODES, FEISTEL_PERMUTATIONS, PERMUTATIONS, RPPLinear, index_storage
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -136,9 +137,9 @@ def test_different_layers_and_seeds_give_different_permutations():
     assert len({tuple(base[h, :, j].tolist()) for h in range(3) for j in range(4)}) == 12
 
 
-def test_all_modes_compute_the_same_layer():
+def test_all_feistel_modes_compute_the_same_layer():
     torch.manual_seed(0)
-    layers = [RPPLinear(37, 3, 5, permutation=p, seed=8) for p in PERMUTATIONS]
+    layers = [RPPLinear(37, 3, 5, permutation=p, seed=8) for p in FEISTEL_PERMUTATIONS]
     for layer in layers[1:]:
         layer.load_state_dict(layers[0].state_dict())
     x = torch.randn(6, 37)
@@ -161,6 +162,41 @@ def test_gpu_fold_through_the_inverse_agrees_with_the_cpu_scatter_add(permutatio
     grad_wp = torch.randn(300, 42, dtype=torch.float64)
     gathered = source.fold_by_gather(grad_wp, torch.float64)
     torch.testing.assert_close(gathered, source.fold_weight_grad(grad_wp), atol=1e-12, rtol=0)
+
+
+def test_identity_control_is_the_narrow_layer_tiled_k_times():
+    torch.manual_seed(0)
+    m, n, k = 11, 3, 4
+    layer = RPPLinear(m, n, k, bias="reuse", permutation="identity", seed=5, layer=2)
+    assert torch.equal(layer.permutation_tensor(), torch.arange(m)[None, :, None].expand(k, m, n))
+    assert index_storage(layer) == (0, 0) and len(list(layer.buffers())) == 0
+    x = torch.randn(6, m, requires_grad=True)
+    wp = layer.index_source(x.device).permuted_weight(layer.weight.detach())
+    assert torch.equal(wp, layer.weight.detach().repeat(1, k))  # W_p = [W W ... W]
+    y = layer(x)
+    narrow = x @ layer.weight + layer.bias  # the narrow layer, whose output each copy repeats
+    torch.testing.assert_close(y, narrow.repeat(1, k))
+    y.square().mean().backward()
+    w = layer.weight.detach().clone().requires_grad_()
+    (x.detach() @ w + layer.bias.detach()).repeat(1, k).square().mean().backward()
+    torch.testing.assert_close(layer.weight.grad, w.grad)
+
+
+def test_random_control_draws_a_fresh_permutation_per_column_fixed_by_seed_and_layer():
+    m, n, k = 300, 4, 3
+    layer = RPPLinear(m, n, k, permutation="random", seed=7, layer=1)
+    index = layer.index_tensor()
+    assert index.shape == (m, k * n) and index.dtype == torch.int16  # stored like "stored"
+    assert index_storage(layer) == (m * k * n, 2 * m * k * n)
+    assert "index" not in layer.state_dict()
+    p = layer.permutation_tensor()
+    assert torch.equal(p.sort(dim=1).values, torch.arange(m)[None, :, None].expand(k, m, n))
+    assert torch.equal(p, RPPLinear(m, n, k, permutation="random", seed=7, layer=1).permutation_tensor())
+    assert not torch.equal(p, RPPLinear(m, n, k, permutation="random", seed=7, layer=2).permutation_tensor())
+    assert not torch.equal(p, RPPLinear(m, n, k, permutation="random", seed=8, layer=1).permutation_tensor())
+    assert not torch.equal(index, build_index(m, n, k, seed=7, layer=1))  # not the Feistel P
+    assert (index != build_index(m, n, k, seed=7, layer=1)).float().mean() > 0.9  # nor close to it
+    assert len({tuple(p[h, :, j].tolist()) for h in range(k) for j in range(n)}) == k * n
 
 
 def test_weight_gradient_is_deterministic():
@@ -229,7 +265,7 @@ def test_index_storage_counts_stored_per_layer_and_generated_as_zero():
         ({"in_features": 4.5}, "in_features"),
         ({"bias": "shared"}, "bias"),
         ({"bias": True}, "bias"),
-        ({"permutation": "random"}, "permutation"),
+        ({"permutation": "feistel"}, "permutation"),
         ({"seed": -1}, "seed"),
         ({"layer": 1.5}, "layer"),
     ],

@@ -161,3 +161,25 @@ class GeneratedIndex(IndexSource):
 
     def _kernel_args(self) -> dict:
         return {"keys": self.keys}
+
+
+class IdentityIndex(IndexSource):
+    """P[h, i, j] = i (the ``"identity"`` control): W_p is W tiled k times, dW the sum of dW_p's k copies; no index."""
+
+    rows_are_fresh = True
+
+    def rows(self) -> torch.Tensor:
+        return torch.arange(self.m, dtype=torch.int32, device=self.device)[:, None].repeat(1, self.k * self.n)
+
+    def inverse_rows(self) -> torch.Tensor:
+        return self.rows()
+
+    def backward_rows(self) -> None:
+        return None  # neither the tiling nor the sum reads P
+
+    def permuted_weight(self, weight: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        return weight.repeat(1, self.k)  # (m, k*n)
+
+    def fold_weight_grad(self, grad_wp: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        accumulate = torch.promote_types(grad_wp.dtype, torch.float32)
+        return grad_wp.view(self.m, self.k, self.n).sum(1, dtype=accumulate)

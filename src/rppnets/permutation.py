@@ -1,5 +1,7 @@
 """The permutation P of an RPP layer: a keyed Feistel bijection per column copy, its keys, index and shared cache.
 
+Also the truly random P of the ``"random"`` control (torch.randperm per column).
+
 P[h, :, j] (copy h, column j) is a pseudo-random permutation of 0..m-1: a Feistel network on
 t = max(1, ceil(log2 m)) bits, with halves of ceil(t/2) and floor(t/2) bits that take turns, and
 cycle walking for outputs >= m. Round r of column c computes F(v) = ((v * k2 + k1) mod 2**16) >> s,
@@ -152,6 +154,23 @@ def build_index(m: int, n: int, k: int, seed: int, layer: int) -> torch.Tensor:
     """P of one layer, (m, k*n) in the smallest dtype on the CPU: P[i, h*n + j] = P[h, i, j]."""
     return permuted_rows(m, round_keys(seed, layer, k, n)).to(index_dtype(m))
 
+
+def random_index(m: int, n: int, k: int, seed: int, layer: int) -> torch.Tensor:
+    """Truly random P (the ``"random"`` control), (m, k*n) in the smallest dtype on the CPU.
+
+    Column c = h*n + j is torch.randperm(m) drawn in order of c from a CPU torch.Generator seeded by a
+    splitmix64 hash of (seed, layer), so it is fixed by those and the shape for a given torch version
+    (randperm's algorithm is torch's, not this module's).
+    """
+    with np.errstate(over="ignore"):
+        state = _absorb(_absorb(_absorb(np.zeros(1, dtype=np.uint64), seed), layer), _RANDOM_DOMAIN)
+    generator = torch.Generator().manual_seed(int(state[0]))
+    dtype = index_dtype(m)
+    columns = [torch.randperm(m, generator=generator, dtype=torch.int64).to(dtype) for _ in range(k * n)]
+    return torch.stack(columns, dim=1)
+
+
+_RANDOM_DOMAIN = 0x52414E44  # "RAND": the generator's seed is not the state of the Feistel keys' hash
 
 _SHARED: "weakref.WeakValueDictionary[tuple, torch.Tensor]" = weakref.WeakValueDictionary()
 

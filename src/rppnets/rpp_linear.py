@@ -7,11 +7,12 @@ import torch
 from torch import nn
 
 from rppnets.checks import check_choice, check_int
-from rppnets.index_sources import GeneratedIndex, IndexSource, StoredIndex
-from rppnets.permutation import MAX_IN_FEATURES, build_index, round_keys, shared_index
+from rppnets.index_sources import GeneratedIndex, IdentityIndex, IndexSource, StoredIndex
+from rppnets.permutation import MAX_IN_FEATURES, build_index, random_index, round_keys, shared_index
 
 BIAS_MODES = ("full", "reuse", "none")
-PERMUTATIONS = ("stored", "shared", "generated")
+FEISTEL_PERMUTATIONS = ("stored", "shared", "generated")  # one P (the Feistel one) held three ways
+PERMUTATIONS = FEISTEL_PERMUTATIONS + ("identity", "random")  # and two controls with other P
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -68,8 +69,9 @@ class RPPLinear(nn.Module):
     One hidden weight :math:`W` (m, n) is trained. The layer's weight :math:`W_p` (m, k*n) holds k
     copies of it, each column of each copy shuffled by its own pseudo-random permutation P:
     :math:`W_p[i, h n + j] = W[P[h, i, j], j]`. Every entry of W appears exactly k times in W_p,
-    always in its own column. P depends only on ``seed``, ``layer`` and the shape; ``permutation``
-    only chooses how it is held (memory against speed), never which P it is.
+    always in its own column. P depends only on ``seed``, ``layer`` and the shape; for the three
+    Feistel modes ``permutation`` only chooses how it is held (memory against speed), never which P
+    it is. Two controls use other P: ``"identity"`` and ``"random"``.
 
     Args:
         in_features: size m of each input sample, at most 2**30.
@@ -80,7 +82,10 @@ class RPPLinear(nn.Module):
         permutation: ``"stored"`` keeps this layer's P in a buffer (m * k * n entries of the
             smallest integer type); ``"shared"`` uses one P per (m, n, k, seed) for the whole
             process, the P of ``layer=0``; ``"generated"`` keeps no index and recomputes it in
-            forward and backward. Default: ``"stored"``.
+            forward and backward. Controls: ``"identity"`` uses P[h, i, j] = i, every copy
+            unpermuted (the narrow network repeated k times; no index); ``"random"`` stores truly
+            random P, torch.randperm per column from a generator seeded by (seed, layer), held like
+            ``"stored"``. Default: ``"stored"``.
         seed: seed of the permutation (an integer from 0 to 2**64 - 1). Default: 0.
         layer: layer number mixed into the permutation, so that layers differ. Default: 0.
 
@@ -96,7 +101,7 @@ class RPPLinear(nn.Module):
             None for ``"none"``; initialised like the weight.
         in_features, width, k, out_features (= k * width), bias_mode, permutation, seed, layer:
             the constructor's arguments.
-        index: ``"stored"`` only, a non-persistent buffer (m, k * n) with
+        index: ``"stored"`` and ``"random"`` only, a non-persistent buffer (m, k * n) with
             index[i, h*n + j] = P[h, i, j]; recomputed from seed and layer, never checkpointed.
         shared_index: ``"shared"`` only, the same tensor from the process-wide cache (a plain
             attribute, refetched when the input's device changes).
@@ -143,13 +148,14 @@ class RPPLinear(nn.Module):
             self.register_parameter("bias", None)
 
         device = torch.device("cpu") if device is None else torch.device(device)
-        if self.permutation == "stored":
-            index = build_index(m, n, k, self.seed, self.layer).to(device)
+        if self.permutation in ("stored", "random"):
+            make_index = build_index if self.permutation == "stored" else random_index
+            index = make_index(m, n, k, self.seed, self.layer).to(device)
             self.register_buffer("index", index, persistent=False)
         elif self.permutation == "shared":
             # a plain attribute, not a buffer: .to() leaves it, forward refetches it per device
             self.shared_index = shared_index(m, n, k, self.seed, device)
-        else:
+        elif self.permutation == "generated":
             keys = round_keys(self.seed, self.layer, k, n).to(device)  # (2, rounds, k*n), tiny
             self.register_buffer("keys", keys, persistent=False)
         self.reset_parameters()
@@ -170,8 +176,8 @@ class RPPLinear(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def index_tensor(self) -> torch.Tensor | None:
-        """The permutation index this layer keeps in memory, (m, k*n); None when generated."""
-        if self.permutation == "stored":
+        """The permutation index this layer keeps in memory, (m, k*n); None when generated or identity."""
+        if self.permutation in ("stored", "random"):
             return self.index
         return self.shared_index if self.permutation == "shared" else None
 
@@ -180,6 +186,8 @@ class RPPLinear(nn.Module):
         m, n, k = self.in_features, self.width, self.k
         if self.permutation == "generated":
             return GeneratedIndex(m, n, k, self.keys)
+        if self.permutation == "identity":
+            return IdentityIndex(m, n, k, device)
         if self.permutation == "shared" and self.shared_index.device != device:
             self.shared_index = shared_index(m, n, k, self.seed, device)
         return StoredIndex(self.index_tensor(), n, k)
@@ -206,7 +214,7 @@ class RPPLinear(nn.Module):
 def index_storage(module: nn.Module) -> tuple[int, int]:
     """(elements, bytes) of the distinct permutation indices kept by the RPPLinear layers in module.
 
-    An index shared by several layers counts once; generated layers keep none.
+    An index shared by several layers counts once; generated and identity layers keep none.
     """
     seen, elements, nbytes = set(), 0, 0
     for layer in module.modules():

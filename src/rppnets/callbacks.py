@@ -1,4 +1,4 @@
-"""Lightning callbacks that record what each run must report: model size, epoch speed, peak memory."""
+"""Lightning callbacks that record what each run must report: model size, epoch speed, memory."""
 
 import resource
 import sys
@@ -8,7 +8,10 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import RichProgressBar
+from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 
+from rppnets.checks import check_int
+from rppnets.memory import StepPeakMeter, state_bytes, tensor_attribute_bytes
 from rppnets.models import count_dense_equivalent, count_trainable
 
 
@@ -65,22 +68,77 @@ class EpochTimer(pl.Callback):
         return time.perf_counter()
 
 
-class PeakMemory(RunMetrics):
-    """Logs this run's peak memory once, named for what it measures: CUDA allocations on a GPU, resident set on
-    the CPU. The peak is reset when fitting starts, so jobs of one multirun process do not inherit each other's."""
+class MemoryStats(RunMetrics):
+    """Logs each run's memory once per quantity (measured as described in rppnets.memory):
+
+    - ``memory/data_bytes``: the resident data set (the datamodule's tensors), when fitting starts;
+    - ``memory/state_bytes``: parameters, gradients, optimizer state, buffers and kept permutation indices,
+      after the first training step of this fit (when the optimizer's state exists);
+    - ``memory/step_peak_bytes``: the highest peak of tensor memory in a few early steps, each above what was
+      allocated when it began. After the first step, one warm-up step and `measured_steps` steps run with the
+      measurement on (on the CPU, the profiler); it is off for the rest of training and changes no result;
+    - the run's peak, reset when fitting starts so that jobs of one multirun process do not inherit each
+      other's: ``memory/cuda_max_allocated_bytes`` on a GPU, ``memory/peak_rss_bytes`` (process RSS) on the CPU.
+
+    Args:
+        measured_steps: steps whose peaks are measured. An epoch too short for them measures those it has.
+    """
+
+    def __init__(self, measured_steps: int = 3):
+        super().__init__()
+        self.measured_steps = check_int("measured_steps", measured_steps, 1)
+        self.meter: StepPeakMeter | None = None
+        self.steps_done = 0
+        self.prior_cuda_peak = 0
 
     def on_fit_start(self, trainer, pl_module):
+        self.steps_done, self.meter, self.prior_cuda_peak = 0, None, 0
         if pl_module.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(pl_module.device)
         else:
             reset_peak_rss()
+        if trainer.datamodule is not None:
+            self.log_once(trainer, {"memory/data_bytes": tensor_attribute_bytes(trainer.datamodule)})
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.steps_done == 1:  # the warm-up step runs with the meter open
+            self.meter = StepPeakMeter(pl_module.device)
+            self.meter.open()
+        elif self.meter is not None and self.steps_done >= 2:
+            self.meter.begin_step()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.steps_done += 1
+        if self.steps_done == 1:
+            self.log_once(trainer, {"memory/state_bytes": state_bytes(pl_module, trainer.optimizers)})
+        elif self.meter is not None and self.steps_done >= 3:
+            self.meter.end_step()
+            if self.steps_done == 2 + self.measured_steps:
+                self._close_meter(trainer)
+
+    def on_validation_start(self, trainer, pl_module):
+        if not trainer.sanity_checking:  # the first epoch ended inside the window: keep what it measured
+            self._close_meter(trainer)
 
     def on_train_end(self, trainer, pl_module):
+        self._close_meter(trainer)
         if pl_module.device.type == "cuda":
-            metrics = {"memory/cuda_max_allocated_bytes": torch.cuda.max_memory_allocated(pl_module.device)}
+            peak = max(self.prior_cuda_peak, torch.cuda.max_memory_allocated(pl_module.device))
+            metrics = {"memory/cuda_max_allocated_bytes": peak}
         else:
             metrics = {"memory/peak_rss_bytes": peak_rss_bytes()}
         self.log_once(trainer, metrics)
+
+    def _close_meter(self, trainer) -> None:
+        if self.meter is None:
+            return
+        meter, self.meter = self.meter, None
+        peak = meter.close()
+        self.prior_cuda_peak = meter.prior_peak  # the step resets hid the run's earlier CUDA peak
+        if peak is None:
+            rank_zero_warn("memory/step_peak_bytes not measured: the first epoch ended before a measured step")
+        else:
+            self.log_once(trainer, {"memory/step_peak_bytes": peak})
 
 
 def reset_peak_rss() -> None:

@@ -1,22 +1,35 @@
-"""The MLPs of the experiment: dense or RPP hidden layers with ReLU, and a dense output layer."""
+"""The MLPs of the experiments: dense, RPP, HashedNets or low-rank hidden layers with ReLU, and a dense output layer."""
 
 from torch import nn
 
 from rppnets.checks import check_choice, check_int
 
+KINDS = ("dense", "rpp", "hashed", "lowrank", "dense_matched")
+
 
 class MLP(nn.Sequential):
-    """Flatten, `depth` hidden layers of width `width` (times `k` for RPP) with ReLU, dense output layer.
+    """Flatten, `depth` hidden layers with ReLU, dense output layer.
+
+    The hidden width m is ``width``. ``"rpp"``, ``"hashed"`` and ``"lowrank"`` layers are k*m wide and hold the
+    trainable weights of an m-wide RPP layer (fan_in * m), so that the three cost the same budget:
+
+    - ``"rpp"``: ``RPPLinear(fan_in, m, k)``, a hidden weight (fan_in, m) permuted into k copies;
+    - ``"hashed"``: ``HashedLinear(fan_in, k*m, buckets=fan_in * m)``, the HashedNets layer;
+    - ``"lowrank"``: ``LowRankLinear(fan_in, k*m, rank)`` with the rank from :func:`lowrank_rank`, rounded
+      down, so its count may fall below the RPP layer's (``model/params_trainable`` logs the actual count);
+    - ``"dense"``: ``nn.Linear(fan_in, m)``, k ignored;
+    - ``"dense_matched"``: dense layers of the width from :func:`matched_dense_width`: the dense MLP whose
+      trainable count is closest to that of the RPP MLP with this m, k, depth and bias.
 
     Args:
-        kind: ``"dense"`` for ``nn.Linear`` hidden layers, ``"rpp"`` for ``RPPLinear`` ones.
-        width: hidden width of a dense layer; for RPP the hidden weight's width n (the layer is k*n wide).
+        kind: one of ``"dense"``, ``"rpp"``, ``"hashed"``, ``"lowrank"``, ``"dense_matched"``.
+        width: the hidden width m (see above).
         depth: number of hidden layers; 0 gives multinomial logistic regression.
-        bias: dense: ``True``/``False``; RPP: ``"full"``, ``"reuse"`` or ``"none"``. The output layer
-            always has a bias.
-        k: RPP widening factor (ignored for dense).
-        permutation: RPP permutation source, ``"stored"``, ``"shared"`` or ``"generated"``.
-        seed: RPP permutation seed; hidden layer l uses (seed, layer=l).
+        bias: dense and dense_matched: ``True``/``False``; RPP: ``"full"``, ``"reuse"`` or ``"none"``; hashed
+            and low-rank: ``"full"`` or ``"none"``. The output layer always has a bias.
+        k: widening factor of rpp, hashed, lowrank and dense_matched (ignored for dense).
+        permutation: RPP permutation source (see ``RPPLinear``).
+        seed: RPP permutation and hash seed; hidden layer l uses (seed, layer=l).
         in_features, num_classes: input size (784 for 28x28 images) and number of classes.
 
     Example::
@@ -27,26 +40,76 @@ class MLP(nn.Sequential):
 
     def __init__(self, kind: str = "dense", width: int = 1000, depth: int = 2, bias=True, k: int = 1,
                  permutation: str = "stored", seed: int = 0, in_features: int = 784, num_classes: int = 10):
-        kind = check_choice("kind", kind, ("dense", "rpp"))
+        kind = check_choice("kind", kind, KINDS)
         width = check_int("width", width, 1)
         depth = check_int("depth", depth, 0)
+        k = check_int("k", k, 1)
         in_features = check_int("in_features", in_features, 1)
         num_classes = check_int("num_classes", num_classes, 1)
-        if kind == "dense":
+        if kind in ("dense", "dense_matched"):
             check_choice("bias", bias, (True, False))
+        if kind == "dense_matched" and depth > 0:
+            kind, width = "dense", matched_dense_width(k, width, depth, in_features, num_classes, bias)
         layers: list[nn.Module] = [nn.Flatten()]
         fan_in = in_features
         for layer in range(depth):
-            if kind == "dense":
-                hidden = nn.Linear(fan_in, width, bias=bias)
-            else:
-                from rppnets.rpp_linear import RPPLinear  # plain-PyTorch users of dense MLPs never need it
-
-                hidden = RPPLinear(fan_in, width, k, bias=bias, permutation=permutation, seed=seed, layer=layer)
+            hidden = _hidden_layer(kind, fan_in, width, k, bias, permutation, seed, layer)
             layers += [hidden, nn.ReLU()]
             fan_in = hidden.out_features
         layers.append(nn.Linear(fan_in, num_classes))
         super().__init__(*layers)
+
+
+def _hidden_layer(kind, fan_in, width, k, bias, permutation, seed, layer) -> nn.Module:
+    # imported here: plain-PyTorch users of dense MLPs never need the other layers
+    if kind in ("dense", "dense_matched"):
+        return nn.Linear(fan_in, width, bias=bias)
+    if kind == "rpp":
+        from rppnets.rpp_linear import RPPLinear
+
+        return RPPLinear(fan_in, width, k, bias=bias, permutation=permutation, seed=seed, layer=layer)
+    if kind == "hashed":
+        from rppnets.hashed_linear import HashedLinear
+
+        return HashedLinear(fan_in, k * width, buckets=fan_in * width, bias=bias, seed=seed, layer=layer)
+    from rppnets.low_rank_linear import LowRankLinear
+
+    return LowRankLinear(fan_in, k * width, rank=lowrank_rank(fan_in, k * width, fan_in * width), bias=bias)
+
+
+def lowrank_rank(in_features: int, out_features: int, budget: int) -> int:
+    """The largest rank r >= 1 with r * (in_features + out_features) <= budget (1 if even rank 1 exceeds it)."""
+    return max(1, budget // (in_features + out_features))
+
+
+def rpp_trainable(k: int, width: int, depth: int = 2, in_features: int = 784, num_classes: int = 10,
+                  bias: str = "full") -> int:
+    """Trainable parameters of ``MLP(kind="rpp", width=width, k=k, depth=depth, bias=bias)``, by formula."""
+    total, fan_in = 0, in_features
+    for _ in range(depth):
+        total += fan_in * width + {"full": k * width, "reuse": width, "none": 0}[bias]
+        fan_in = k * width
+    return total + fan_in * num_classes + num_classes
+
+
+def dense_trainable(width: int, depth: int = 2, in_features: int = 784, num_classes: int = 10,
+                    bias: bool = True) -> int:
+    """Trainable parameters of ``MLP(kind="dense", width=width, depth=depth, bias=bias)``, by formula."""
+    return rpp_trainable(1, width, depth, in_features, num_classes, "full" if bias else "none")
+
+
+def matched_dense_width(k: int, m: int, depth: int = 2, in_features: int = 784, num_classes: int = 10,
+                        bias: bool = True) -> int:
+    """The dense hidden width whose trainable count is closest to the RPP MLP's (m, k), bias full or none.
+
+    RPP biases are ``"full"`` when ``bias`` is True. Ties go to the narrower network.
+    """
+    target = rpp_trainable(k, m, depth, in_features, num_classes, "full" if bias else "none")
+    width = 1
+    while dense_trainable(width + 1, depth, in_features, num_classes, bias) <= target:
+        width += 1
+    below, above = (dense_trainable(w, depth, in_features, num_classes, bias) for w in (width, width + 1))
+    return width if target - below <= above - target else width + 1
 
 
 def count_trainable(module: nn.Module) -> int:

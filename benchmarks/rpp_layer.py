@@ -10,10 +10,23 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from rppnets.hashed_linear import HashedLinear  # noqa: E402
+from rppnets.low_rank_linear import LowRankLinear  # noqa: E402
+from rppnets.models import lowrank_rank  # noqa: E402
 from rppnets.rpp_linear import PERMUTATIONS, RPPLinear  # noqa: E402
 
 SHAPES = [(784, 10, 100), (1000, 10, 100)]  # (m, n, k)
 BATCH = 128
+
+
+# The frontier's other ways to be k*n wide on the RPP layer's budget (m*n weights), timed and measured beside it.
+BUDGET_MATCHED = ("hashed", "lowrank")
+
+
+def budget_matched_layers(m: int, n: int, k: int, device: torch.device) -> dict[str, nn.Module]:
+    """A HashedLinear with m*n buckets and a LowRankLinear of the largest rank within m*n weights, both k*n wide."""
+    return {"hashed": HashedLinear(m, k * n, buckets=m * n, device=device),
+            "lowrank": LowRankLinear(m, k * n, rank=lowrank_rank(m, k * n, m * n), device=device)}
 
 
 def make_step(layer: nn.Module, x: torch.Tensor):
@@ -97,6 +110,7 @@ def main():
         x = torch.randn(BATCH, m, device=device)  # no grad: a first layer
         layers = {"dense": nn.Linear(m, k * n, device=device)}
         layers.update({p: RPPLinear(m, n, k, permutation=p, device=device) for p in PERMUTATIONS})
+        layers.update(budget_matched_layers(m, n, k, device))
         steps = {name: make_step(layer, x) for name, layer in layers.items()}
         for step, _ in steps.values():  # warm up, and create the Adam state and gradients
             for _ in range(3):
@@ -117,7 +131,7 @@ def main():
             for name, (step, _) in steps.items():
                 times[name].append(time_block(step, args.steps, device))
         dense_ms = statistics.median(times["dense"])
-        for name in PERMUTATIONS:
+        for name in (*PERMUTATIONS, *BUDGET_MATCHED):
             rpp_ms = statistics.median(times[name])
             # the ratio of each repeat's two neighbouring blocks, then the median: robust to slow drifts
             ratio = statistics.median(r / d for r, d in zip(times[name], times["dense"]))

@@ -155,3 +155,15 @@ def test_bad_arguments_name_the_argument(kwargs, name):
 def test_wrong_input_width():
     with pytest.raises(ValueError, match="7 features, expected 4"):
         HashedLinear(4, 6, 5)(torch.randn(3, 7))
+
+
+def test_autocast_runs_the_matmuls_in_its_dtype_and_keeps_float32_gradients():
+    torch.manual_seed(0)
+    layer = HashedLinear(32, 48, buckets=100)
+    x = torch.randn(8, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), layer(x), atol=0.05, rtol=0.05)
+    y.float().sum().backward()
+    assert layer.weight.grad.dtype == torch.float32 and layer.bias.grad.dtype == torch.float32

@@ -6,7 +6,6 @@ import torch
 from torch import nn
 
 from rppnets.checks import check_choice, check_int
-from rppnets.rpp_linear import _compute_dtype
 
 BIAS_MODES = ("full", "none")
 MAX_BUCKETS = 2**30  # the signed bucket 0..2K-1 comes from 32 hash bits by a multiply-shift
@@ -58,6 +57,12 @@ def signed_buckets(salt: int, numel: int, buckets: int, device=None) -> torch.Te
     _xor_shift_right(z, 31, scratch)
     torch.bitwise_right_shift(z, 32, out=scratch)
     return scratch.bitwise_and_(0xFFFFFFFF).mul_(2 * buckets).bitwise_right_shift_(32)  # < 2**31 * 2**32: no wrap
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype of the matmuls: autocast's when it is on (a custom Function is not autocast by itself)."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
 
 
 def _virtual_weight(weight: torch.Tensor, signed: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:

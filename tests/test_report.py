@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from rppnets.report import build_report, summary_markdown
-from rppnets.report_data import LEGEND
+from rppnets.report import main as report_main
+from rppnets.report_data import LEGEND, TITLE, expected_jobs, load_sweep, memory_points, read_memory_csv, title
 
 NETWORKS = list(LEGEND)
 SEEDS = [0, 1]
@@ -28,9 +29,17 @@ def expected_test_acc(network: str, seed: int) -> float:
     return 0.8 + 0.01 * rank(network) + 0.002 * seed
 
 
-def write_job(root: Path, network: str, seed: int, experiment_hash: str = "3f2a9c1b", with_val: bool = True) -> None:
-    """One job folder as the training pipeline leaves it: results.json + a Lightning CSVLogger file."""
-    folder = root / f"{network}-{seed}"
+def state_bytes(network: str) -> int:
+    return 1_000_000 * (rank(network) + 1) + 234_567
+
+
+def write_job(root: Path, network: str, seed: int, experiment_hash: str = "3f2a9c1b", with_val: bool = True,
+              status: str | None = None, error: str | None = None, loss_shift: float = 0.0) -> Path:
+    """One job folder as the training pipeline leaves it: results.json + a Lightning CSVLogger file.
+
+    status None writes results.json as older versions did (no "status": a finished job).
+    """
+    folder = root / f"{network}-{seed}" if root.name != f"{network}-seed{seed}" else root
     (folder / "csv").mkdir(parents=True)
     rows, step = [], 0
     for epoch in range(EPOCHS):
@@ -39,7 +48,7 @@ def write_job(root: Path, network: str, seed: int, experiment_hash: str = "3f2a9
             rows.append({"epoch": epoch, "step": step, "train/loss_step": 9.9})
         if with_val:  # validation ends first, in its own row
             rows.append({"epoch": epoch, "step": step, "val/loss": 0.5 + epoch, "val/acc": 0.7 + 0.01 * epoch})
-        rows.append({"epoch": epoch, "step": step, "train/loss_epoch": train_loss(network, seed, epoch),
+        rows.append({"epoch": epoch, "step": step, "train/loss_epoch": train_loss(network, seed, epoch) + loss_shift,
                      "train/acc": 0.6, "time/epoch_s": 1.0 + seed + epoch, "time/samples_per_s": 100.0})
     # Lightning logs the test row with epoch == max_epochs; it must not become an extra epoch.
     rows.append({"epoch": EPOCHS, "step": step, "test/loss": 0.4, "test/acc": expected_test_acc(network, seed)})
@@ -51,13 +60,20 @@ def write_job(root: Path, network: str, seed: int, experiment_hash: str = "3f2a9
     memory_key = "memory/cuda_max_allocated_bytes" if network == "dense_wide" else "memory/peak_rss_bytes"
     metrics = {"model/params_trainable": 1000 + rank(network), "model/index_elements": 10,
                "model/index_bytes": 80, "train/loss": 0.2, "test/loss": 0.4,
-               "test/acc": expected_test_acc(network, seed),
+               "test/acc": expected_test_acc(network, seed) + loss_shift,
+               "memory/state_bytes": state_bytes(network), "memory/step_peak_bytes": 2 * state_bytes(network),
+               "memory/data_bytes": 5_000_000 + seed,
                memory_key: 2**20 * (100 + seed), "time/epoch_s": 1.0 + seed, "time/wall_s": 3.0 + seed}
     if with_val:
         metrics.update({"val/loss": 0.3, "val/acc": 0.88})
-    (folder / "results.json").write_text(json.dumps({
-        "network": network, "seed": seed, "run_name": f"{network}-s{seed}", "group": "fashion_mnist_plot",
-        "experiment_hash": experiment_hash, "csv": "csv/metrics.csv", "metrics": metrics}))
+    results = {"network": network, "seed": seed, "run_name": f"{network}-s{seed}", "group": "fashion_mnist_plot",
+               "experiment_hash": experiment_hash, "csv": "csv/metrics.csv", "metrics": metrics}
+    if status is not None:
+        results["status"] = status
+    if error is not None:
+        results["error"] = error
+    (folder / "results.json").write_text(json.dumps(results))
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -110,9 +126,16 @@ def test_summary_has_one_row_per_network_with_means(report):
         assert int(row["peak_memory_bytes"]) == 2**20 * 101
         assert row["memory_kind"] == ("cuda_max_allocated" if network == "dense_wide" else "peak_rss")
         assert float(row["epoch_s"]) == 2.5 and float(row["wall_s"]) == 3.5  # the mean over epochs, then seeds
+        assert int(row["state_bytes"]) == state_bytes(network) and int(row["data_bytes"]) == 5_000_001
+        assert int(row["step_peak_bytes"]) == 2 * state_bytes(network)
+        assert (int(row["jobs"]), int(row["failed"]), int(row["unfinished"]), int(row["missing"])) == (2, 0, 0, 0)
     markdown = (out / "summary.md").read_text()
-    assert markdown.count("\n") == 2 + len(NETWORKS)
-    assert "Permuted, width=m*k, \\|params\\|∝m" in markdown  # the legend's '|' must not split cells
+    table = markdown.split("\n\n")[0]
+    assert table.count("\n") == 1 + len(NETWORKS)
+    assert "Permuted, width=m*k, \\|params\\|∝m" in table  # the legend's '|' must not split cells
+    rpp_row = table.splitlines()[2]
+    assert "| 1.23 | 2.47 | 5.00 | 105.91 (peak_rss) |" in rpp_row  # in MB
+    assert "## Jobs" in markdown and "10 jobs: 10 finished, 0 failed, 0 unfinished, 0 missing" in markdown
 
 
 def test_figure_files_are_written(report):
@@ -143,7 +166,7 @@ def test_mixed_experiment_hashes_are_refused(tmp_path):
 
 
 def test_empty_sweep_is_refused(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no results.json"):
+    with pytest.raises(FileNotFoundError, match="no results.json or .hydra/"):
         build_report(tmp_path, wandb_mode="disabled")
 
 
@@ -167,3 +190,164 @@ def test_report_files_survive_a_wandb_that_does_not_start(tmp_path, monkeypatch,
     build_report(tmp_path, wandb_mode="online")
     assert "W&B did not start (No API key configured)" in capsys.readouterr().err
     assert (tmp_path / "report" / "summary.csv").is_file() and (tmp_path / "report" / "figure.svg").is_file()
+
+
+def write_hydra(folder: Path, network: str, seed: int, max_epochs: int = 30, train_size: int | None = None) -> Path:
+    """The .hydra/ folder Hydra writes into every job folder of a multirun."""
+    hydra = folder / ".hydra"
+    hydra.mkdir(parents=True, exist_ok=True)
+    config = {"seed": seed, "network": network, "trainer": {"max_epochs": max_epochs},
+              "data": {"train_size": train_size}, "model": {"kind": "rpp", "permutation": "stored"}}
+    (hydra / "config.yaml").write_text(json.dumps(config))  # JSON is YAML
+    (hydra / "overrides.yaml").write_text(f"- network={network}\n- seed={seed}\n")
+    return folder
+
+
+def write_multirun(sweep: Path, params: dict, task: list[str], sweeper: str = "BasicSweeper") -> None:
+    """multirun.yaml as Hydra saves it at the start of a sweep (the parts the report reads)."""
+    config = {"seed": 0, "network": None, "hydra": {
+        "sweeper": {"_target_": f"hydra._internal.core_plugins.basic_sweeper.{sweeper}", "params": params},
+        "overrides": {"task": task, "hydra": [f"hydra.sweep.dir={sweep}"]}}}
+    (sweep / "multirun.yaml").write_text(json.dumps(config))
+
+
+@pytest.fixture()
+def faulty_sweep(tmp_path):
+    """rpp, dense_wide and softmax x seeds 0-2: rpp all finished (one an old results.json without status);
+    dense_wide 0 finished (after a failed attempt set aside), 1 failed, 2 killed after a checkpoint;
+    softmax 0 finished, 1 and 2 never started."""
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    write_multirun(sweep, {"network": "rpp,rpp_nobias,dense_wide"},
+                   ["experiment=fashion_mnist_plot", "network=rpp,dense_wide,softmax", "seed=range(0,3)"])
+    for seed in range(3):
+        job = write_job(write_hydra(sweep / f"rpp-seed{seed}", "rpp", seed), "rpp", seed,
+                        status=None if seed == 0 else "finished")
+        assert job == sweep / f"rpp-seed{seed}"
+    dense = write_job(write_hydra(sweep / "dense_wide-seed0", "dense_wide", 0), "dense_wide", 0, status="finished")
+    write_job(dense / "replaced-20261129-101500", "dense_wide", 0, status="failed", error="earlier attempt")
+    # A diverged job: its CSV and metrics hold values that would move the means if it were counted.
+    write_job(write_hydra(sweep / "dense_wide-seed1", "dense_wide", 1), "dense_wide", 1, status="failed",
+              error="FloatingPointError: non-finite loss at epoch 1, step 40", loss_shift=5.0)
+    killed = write_hydra(sweep / "dense_wide-seed2", "dense_wide", 2)
+    (killed / "checkpoints").mkdir()
+    (killed / "checkpoints" / "last.ckpt").write_bytes(b"checkpoint")
+    write_job(write_hydra(sweep / "softmax-seed0", "softmax", 0), "softmax", 0, status="finished")
+    return sweep
+
+
+def test_every_expected_job_is_listed_with_its_state(faulty_sweep, capsys):
+    rows = build_report(faulty_sweep, wandb_mode="disabled")
+    console = capsys.readouterr().out
+    states = [
+        ("rpp", 0, "finished"), ("rpp", 1, "finished"), ("rpp", 2, "finished"),
+        ("dense_wide", 0, "finished"),
+        ("dense_wide", 1, "failed: FloatingPointError: non-finite loss at epoch 1, step 40"),
+        ("dense_wide", 2, "unfinished (last.ckpt kept)"),
+        ("softmax", 0, "finished"), ("softmax", 1, "missing"), ("softmax", 2, "missing"),
+    ]
+    markdown = (faulty_sweep / "report" / "summary.md").read_text()
+    assert "9 jobs: 5 finished, 1 failed, 1 unfinished, 2 missing" in console
+    assert "9 jobs: 5 finished, 1 failed, 1 unfinished, 2 missing" in markdown
+    for network, seed, state in states:
+        folder = f"{network}-seed{seed}" if state != "missing" else ""
+        assert f"| {network} | {seed} | {state} | {folder} |" in markdown
+        assert f"  {network} seed {seed}: {state}" in console
+    assert "earlier attempt" not in markdown  # a set-aside attempt inside a job folder is not a job
+
+    by_network = {row["network"]: row for row in rows}
+    assert [row["network"] for row in rows] == ["rpp", "dense_wide", "softmax"]
+    dense = by_network["dense_wide"]
+    assert (dense["seeds"], dense["jobs"], dense["failed"], dense["unfinished"], dense["missing"]) == (1, 3, 1, 1, 0)
+    # Only the finished seed enters the means.
+    assert dense["final_train_loss"] == train_loss("dense_wide", 0, EPOCHS - 1)
+    assert dense["test_acc"] == expected_test_acc("dense_wide", 0)
+    assert (by_network["softmax"]["seeds"], by_network["softmax"]["missing"]) == (1, 2)
+    assert by_network["rpp"]["seeds"] == 3
+    _, curves = read_csv(faulty_sweep / "report" / "curves.csv")
+    assert {(row["network"], row["seed"]) for row in curves} == {
+        ("rpp", "0"), ("rpp", "1"), ("rpp", "2"), ("dense_wide", "0"), ("softmax", "0")}
+    assert "| Non-permuted, width=m*k, \\|params\\|∝m*k | 1 of 3 |" in markdown
+
+    svg = (faulty_sweep / "report" / "figure.svg").read_text()
+    assert f"{LEGEND['dense_wide']} (1 of 3 seeds; 1 failed, 1 unfinished)" in svg
+    assert f"{LEGEND['softmax']} (1 of 3 seeds; 2 missing)" in svg
+    assert f"{LEGEND['rpp']} (" not in svg  # all of its seeds finished: the plain legend entry
+
+
+def test_a_sweep_where_no_job_finished_exits_non_zero(tmp_path, capsys):
+    write_multirun(tmp_path, {}, ["network=rpp", "seed=0,1"])
+    write_job(write_hydra(tmp_path / "rpp-seed0", "rpp", 0), "rpp", 0, status="failed", error="ConfigError: bad")
+    with pytest.raises(SystemExit) as exit_info:
+        report_main([str(tmp_path), "--wandb-mode", "disabled"])
+    assert exit_info.value.code == 1
+    captured = capsys.readouterr()
+    assert "rpp seed 0: failed: ConfigError: bad" in captured.out and "rpp seed 1: missing" in captured.out
+    assert "no job of" in captured.err and "finished" in captured.err
+    assert not (tmp_path / "report").exists()
+
+
+def test_expected_jobs_follow_hydras_grid(tmp_path):
+    # The command line's network list replaces the sweeper's; seeds from range(); other overrides fixed.
+    write_multirun(tmp_path, {"network": "rpp,softmax,dense_wide"},
+                   ["network=rpp,softmax", "seed=range(1,3)", "trainer.max_epochs=2", "~callbacks.progress_bar"])
+    pairs, note = expected_jobs(tmp_path)
+    assert pairs == [("rpp", 1), ("rpp", 2), ("softmax", 1), ("softmax", 2)] and note is None
+    write_multirun(tmp_path, {}, ["network=rpp", "model.k=10,100"])  # one seed (0, the config's), two jobs
+    pairs, note = expected_jobs(tmp_path)
+    assert pairs is None and "varies more than network and seed" in note
+    write_multirun(tmp_path, {"network": "rpp"}, [], sweeper="OptunaSweeper")
+    assert expected_jobs(tmp_path)[0] is None
+    (tmp_path / "multirun.yaml").unlink()
+    assert expected_jobs(tmp_path) == (None, None)  # a single run, or results copied without Hydra's files
+
+
+def test_title_marks_a_run_shorter_than_the_full_reproduction(tmp_path):
+    quick, full = tmp_path / "quick", tmp_path / "full"
+    for network in ["rpp", "softmax"]:
+        write_job(write_hydra(quick / f"{network}-seed0", network, 0, max_epochs=2, train_size=5000), network, 0)
+        write_job(write_hydra(full / f"{network}-seed0", network, 0), network, 0)
+    build_report(quick, wandb_mode="disabled")
+    svg = (quick / "report" / "figure.svg").read_text()
+    assert "(2 epochs, 5,000 training images)" in svg
+    assert title(load_sweep(full)[0]) == TITLE
+    assert title(load_sweep(quick)[0]) == TITLE + "\n(2 epochs, 5,000 training images)"
+
+
+def test_memory_figure_and_tables_use_every_mode_measured(tmp_path):
+    for network in ["rpp", "dense_wide", "softmax"]:
+        write_job(tmp_path / "jobs", network, 0)
+    columns = ["network", "permutation", "state_bytes", "step_peak_bytes", "batch_size", "device", "loss"]
+    measured = [["rpp", "stored", 4_045_624, 9_500_648, 128, "cpu", 2.23216],
+                ["rpp", "shared", 4_045_624, 9_500_648, 128, "cpu", 2.22674],
+                ["rpp", "generated", 605_624, 13_500_648, 128, "cpu", 2.23216],
+                ["dense_wide", "", 28_736_184, 8_004_016, 128, "cpu", 1.87666]]
+    with open(tmp_path / "memory.csv", "w", newline="") as file:
+        csv.writer(file).writerows([columns, *measured])
+    rows = build_report(tmp_path, wandb_mode="disabled")
+    points = memory_points(rows, read_memory_csv(tmp_path / "memory.csv"))
+    loss = {row["network"]: row["final_train_loss"] for row in rows}
+    # RPP in three modes and dense from memory.csv; softmax, not measured there, from its run's own numbers.
+    assert [(p["network"], p["permutation"], p["state_bytes"], p["step_peak_bytes"], p["final_train_loss"])
+            for p in points] == [
+        ("rpp", "stored", 4_045_624, 9_500_648, loss["rpp"]), ("rpp", "shared", 4_045_624, 9_500_648, loss["rpp"]),
+        ("rpp", "generated", 605_624, 13_500_648, loss["rpp"]),
+        ("dense_wide", "", 28_736_184, 8_004_016, loss["dense_wide"]),
+        ("softmax", "", state_bytes("softmax"), 2 * state_bytes("softmax"), loss["softmax"])]
+    out = tmp_path / "report"
+    assert (out / "memory.png").read_bytes().startswith(b"\x89PNG")
+    svg = (out / "memory.svg").read_text()
+    assert f"{LEGEND['rpp']} (P generated)" in svg and "Peak of a step above its start" in svg
+    markdown = (out / "summary.md").read_text()
+    assert "## Memory by way of holding P" in markdown
+    assert f"| {LEGEND['rpp'].replace('|', chr(92) + '|')} | generated | 0.61 | 13.50 | 2.23216 |" in markdown
+
+
+def test_no_memory_figure_without_memory_numbers(tmp_path, capsys):
+    folder = write_job(tmp_path, "rpp", 0)
+    results = json.loads((folder / "results.json").read_text())
+    del results["metrics"]["memory/state_bytes"], results["metrics"]["memory/step_peak_bytes"]
+    (folder / "results.json").write_text(json.dumps(results))  # a run from before memory was measured
+    build_report(tmp_path, wandb_mode="disabled")
+    assert not (tmp_path / "report" / "memory.png").exists()
+    assert "no memory figure" in capsys.readouterr().out

@@ -1,13 +1,20 @@
-"""Reads the finished jobs of a sweep (results.json + Lightning metrics.csv) and summarizes them per network."""
+"""Reads a sweep's jobs (results.json, Lightning metrics.csv, Hydra's .hydra/ and multirun.yaml) and summarizes them.
+
+Every job the sweep was asked for is listed in one of four states: finished, failed (with its reason), unfinished
+(a folder without results.json: killed or interrupted) or missing (no folder at all). Only finished jobs enter the
+curves and the per-network means.
+"""
 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 TITLE = "Training loss on Fashion MNIST. m=10, k=100, 2 relu hidden layers, w/ softmax output layer."
+FULL_EPOCHS = 30  # the figure's training (conf/experiment/fashion_mnist_plot.yaml), on all training images
 
 # Legend entries of the figure, in its legend order (shared/EXPERIMENT.md).
 LEGEND = {
@@ -25,23 +32,42 @@ EPOCH_TIME = {"time/epoch_s": "epoch_s"}  # read per epoch too, for the mean epo
 # Peak-memory metrics a job may report (GPU or CPU), with the short name of each kind.
 MEMORY_KEYS = {"memory/cuda_max_allocated_bytes": "cuda_max_allocated", "memory/peak_rss_bytes": "peak_rss"}
 
+STATES = ("finished", "failed", "unfinished", "missing")
 SUMMARY_COLUMNS = [
-    "network", "legend", "seeds", "params_trainable", "index_bytes", "final_train_loss",
-    "test_acc", "test_acc_min", "test_acc_max", "peak_memory_bytes", "memory_kind", "epoch_s", "wall_s",
+    "network", "legend", "seeds", "jobs", "failed", "unfinished", "missing", "params_trainable", "index_bytes",
+    "state_bytes", "step_peak_bytes", "data_bytes", "final_train_loss", "test_acc", "test_acc_min", "test_acc_max",
+    "peak_memory_bytes", "memory_kind", "epoch_s", "wall_s",
 ]
+
+
+class NoFinishedJobs(RuntimeError):
+    """A sweep with jobs, none of which finished: there is nothing to draw."""
 
 
 @dataclass
 class Job:
-    """One finished training job."""
+    """One job of a sweep: found in a folder (finished, failed, unfinished) or expected and missing."""
 
-    folder: Path
     network: str
     seed: int | None
-    group: str | None
-    experiment_hash: str | None
-    metrics: dict[str, float]
-    curve: dict[int, dict[str, float]]  # epoch -> {"train_loss": ..., "val_loss": ..., "val_acc": ...}
+    state: str = "finished"
+    folder: Path | None = None
+    reason: str | None = None  # why it failed, or what an unfinished job left
+    group: str | None = None
+    experiment_hash: str | None = None
+    metrics: dict[str, float | None] = field(default_factory=dict)
+    curve: dict[int, dict[str, float]] = field(default_factory=dict)  # epoch -> {"train_loss": ..., ...}
+    settings: dict = field(default_factory=dict)  # from .hydra/config.yaml: max_epochs, train_size, permutation
+
+    @property
+    def finished(self) -> bool:
+        return self.state == "finished"
+
+    def describe(self) -> str:
+        """The state as the report prints it: ``failed: <reason>``, ``unfinished (<what is left>)``, ..."""
+        if self.state == "failed":
+            return f"failed: {self.reason}"
+        return f"unfinished ({self.reason})" if self.state == "unfinished" else self.state
 
 
 def legend(network: str) -> str:
@@ -53,6 +79,10 @@ def network_order(network: str) -> tuple[int, str]:
     """Sort key: the figure's legend order, then any other networks by name."""
     keys = list(LEGEND)
     return (keys.index(network), "") if network in keys else (len(keys), network)
+
+
+def job_order(job: Job) -> tuple:
+    return network_order(job.network), job.seed is None, job.seed or 0
 
 
 def read_curve(csv_path: Path) -> dict[int, dict[str, float]]:
@@ -71,20 +101,86 @@ def read_curve(csv_path: Path) -> dict[int, dict[str, float]]:
     return dict(sorted(curve.items()))
 
 
-def read_job(results_path: Path) -> Job:
-    results = json.loads(results_path.read_text())
-    csv_path = results_path.parent / results.get("csv", "csv/metrics.csv")
+def read_settings(folder: Path) -> dict:
+    """What the report needs of a job's Hydra config: network, seed, epochs, training images, how P is held."""
+    path = folder / ".hydra" / "config.yaml"
+    if not path.is_file():
+        return {}
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(path)
+    settings = {"network": cfg.get("network"), "seed": cfg.get("seed"),
+                "max_epochs": OmegaConf.select(cfg, "trainer.max_epochs"),
+                "train_size": OmegaConf.select(cfg, "data.train_size")}
+    if OmegaConf.select(cfg, "model.kind") == "rpp":
+        settings["permutation"] = OmegaConf.select(cfg, "model.permutation")
+    return settings
+
+
+def read_job(folder: Path) -> Job:
+    """The job of one folder: finished or failed by its results.json (no "status": finished), else unfinished."""
+    settings = read_settings(folder)
+    results_path = folder / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else None
+    job = Job(network=(results or {}).get("network") or settings.get("network") or folder.name,
+              seed=(results or {}).get("seed", settings.get("seed")), folder=folder, settings=settings)
+    if results is None:
+        left = "last.ckpt kept" if (folder / "checkpoints" / "last.ckpt").is_file() else "no checkpoint"
+        job.state, job.reason = "unfinished", left
+        return job
+    job.group, job.experiment_hash = results.get("group"), results.get("experiment_hash")
+    job.metrics = results.get("metrics") or {}
+    if results.get("status", "finished") != "finished":
+        job.state, job.reason = "failed", results.get("error") or "no reason recorded"
+        return job
+    csv_path = folder / results.get("csv", "csv/metrics.csv")
     if not csv_path.is_file():
         raise FileNotFoundError(f"{results_path} names the metrics file {csv_path}, which does not exist")
-    return Job(
-        folder=results_path.parent,
-        network=results["network"],
-        seed=results.get("seed"),
-        group=results.get("group"),
-        experiment_hash=results.get("experiment_hash"),
-        metrics=results.get("metrics", {}),
-        curve=read_curve(csv_path),
-    )
+    job.curve = read_curve(csv_path)
+    return job
+
+
+def job_folders(sweep_dir: Path) -> list[Path]:
+    """Folders holding .hydra/ or results.json, except those inside another (a job's set-aside earlier attempts)."""
+    found = {path.parent for path in sweep_dir.rglob(".hydra") if path.is_dir()}
+    found |= {path.parent for path in sweep_dir.rglob("results.json")}
+    return sorted(folder for folder in found if not any(parent in found for parent in folder.parents))
+
+
+def expected_jobs(sweep_dir: Path) -> tuple[list[tuple[str, int]] | None, str | None]:
+    """The (network, seed) pairs a Hydra multirun was asked for, from its multirun.yaml; or None and why not.
+
+    The grid is the one Hydra's basic sweeper runs: the sweeper's params, then the command line's task
+    overrides (a later value of a key replaces an earlier one), each sweep expanded, their product taken.
+    """
+    path = sweep_dir / "multirun.yaml"
+    if not path.is_file():
+        return None, None
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(path)
+    sweeper = str(OmegaConf.select(cfg, "hydra.sweeper._target_") or "")
+    if not sweeper.endswith("BasicSweeper"):
+        return None, f"expected jobs unknown: {sweeper or 'the sweeper'} does not sweep a fixed grid"
+    params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
+    arguments = [f"{key}={value}" for key, value in params.items()]
+    arguments += list(OmegaConf.select(cfg, "hydra.overrides.task") or [])
+    grid: dict[str, list[str]] = {}
+    for override in OverridesParser.create().parse_overrides(arguments):
+        values = (list(override.sweep_string_iterator()) if override.is_sweep_override()
+                  else [override.get_value_element_as_str()])
+        grid[override.get_key_element()] = values
+    default = {"network": cfg.get("network"), "seed": cfg.get("seed")}
+    pairs = []
+    for values in itertools.product(*grid.values()):
+        job = default | dict(zip(grid, values))
+        if job["network"] in (None, "null") or job["seed"] is None:
+            return None, f"expected jobs unknown: the grid in {path} does not name a network and a seed per job"
+        pairs.append((str(job["network"]), int(job["seed"])))
+    if len(set(pairs)) < len(pairs):
+        return None, f"expected jobs unknown: {path} varies more than network and seed"
+    return pairs, None
 
 
 def _require_one(jobs: list[Job], attribute: str, sweep_dir: Path) -> None:
@@ -98,24 +194,38 @@ def _require_one(jobs: list[Job], attribute: str, sweep_dir: Path) -> None:
                          "Report one configuration at a time (point the report at one sweep).")
 
 
-def load_jobs(sweep_dir: str | Path) -> list[Job]:
-    """All finished jobs below sweep_dir, sorted by legend order and seed; checks they form one experiment."""
+def load_sweep(sweep_dir: str | Path) -> tuple[list[Job], str | None]:
+    """Every job of a sweep in legend and seed order, missing ones included; and a note when they are not known.
+
+    Finished jobs must form one experiment (one experiment hash and W&B group); two folders for one
+    (network, seed) are refused.
+    """
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"sweep folder {sweep_dir} does not exist")
-    paths = sorted(sweep_dir.rglob("results.json"))
-    if not paths:
-        raise FileNotFoundError(f"no finished jobs below {sweep_dir}: no results.json found (did the sweep run?)")
-    jobs = [read_job(path) for path in paths]
-    _require_one(jobs, "experiment_hash", sweep_dir)
-    _require_one(jobs, "group", sweep_dir)
+    jobs = [read_job(folder) for folder in job_folders(sweep_dir)]
+    expected, note = expected_jobs(sweep_dir)
+    if not jobs and expected is None:
+        raise FileNotFoundError(f"no jobs below {sweep_dir}: no results.json or .hydra/ found (did the sweep run?)")
+    finished = [job for job in jobs if job.finished]
+    _require_one(finished, "experiment_hash", sweep_dir)
+    _require_one(finished, "group", sweep_dir)
     seen: dict[tuple, Path] = {}
     for job in jobs:
         key = (job.network, job.seed)
         if key in seen:
             raise ValueError(f"two jobs for network={job.network} seed={job.seed}: {seen[key]} and {job.folder}")
         seen[key] = job.folder
-    return sorted(jobs, key=lambda job: (network_order(job.network), str(job.seed)))
+    jobs += [Job(network, seed, state="missing") for network, seed in expected or [] if (network, seed) not in seen]
+    return sorted(jobs, key=job_order), note
+
+
+def load_jobs(sweep_dir: str | Path) -> list[Job]:
+    """The finished jobs of a sweep; NoFinishedJobs when it has jobs but none finished."""
+    jobs = [job for job in load_sweep(sweep_dir)[0] if job.finished]
+    if not jobs:
+        raise NoFinishedJobs(f"no job of {sweep_dir} finished")
+    return jobs
 
 
 def by_network(jobs: list[Job]) -> dict[str, list[Job]]:
@@ -124,6 +234,35 @@ def by_network(jobs: list[Job]) -> dict[str, list[Job]]:
     for job in jobs:
         groups.setdefault(job.network, []).append(job)
     return groups
+
+
+def state_counts(jobs: list[Job]) -> dict[str, int]:
+    return {state: sum(job.state == state for job in jobs) for state in STATES}
+
+
+def job_legend(network: str, jobs: list[Job]) -> str:
+    """The network's legend entry, with how many of its jobs the curve holds when not all of them finished."""
+    counts = state_counts(jobs)
+    if counts["finished"] == len(jobs):
+        return legend(network)
+    others = ", ".join(f"{counts[state]} {state}" for state in STATES[1:] if counts[state])
+    return f"{legend(network)} ({counts['finished']} of {len(jobs)} seeds; {others})"
+
+
+def run_settings(jobs: list[Job]) -> str | None:
+    """How the finished jobs differ from the figure's full run, e.g. "2 epochs, 5,000 training images"; else None."""
+    finished = [job.settings for job in jobs if job.finished and job.settings]
+    epochs = sorted({s["max_epochs"] for s in finished if s.get("max_epochs") not in (None, FULL_EPOCHS)})
+    sizes = sorted({s["train_size"] for s in finished if s.get("train_size") is not None})
+    parts = [f"{'/'.join(map(str, epochs))} epochs"] if epochs else []
+    parts += [f"{'/'.join(f'{size:,}' for size in sizes)} training images"] if sizes else []
+    return ", ".join(parts) or None
+
+
+def title(jobs: list[Job]) -> str:
+    """The figure's title, marked when the jobs ran shorter or on fewer images than the full reproduction."""
+    marking = run_settings(jobs)
+    return f"{TITLE}\n({marking})" if marking else TITLE
 
 
 def loss_band(jobs: list[Job]) -> tuple[list[int], list[float], list[float], list[float]]:
@@ -139,10 +278,10 @@ def loss_band(jobs: list[Job]) -> tuple[list[int], list[float], list[float], lis
 
 
 def curve_rows(jobs: list[Job]) -> list[dict]:
-    """One row per (network, seed, epoch) for curves.csv; missing values stay None."""
+    """One row per (network, seed, epoch) of the finished jobs for curves.csv; missing values stay None."""
     return [{"network": job.network, "seed": job.seed, "epoch": epoch,
              **{name: values.get(name) for name in CURVE_COLUMNS.values()}}
-            for job in jobs for epoch, values in job.curve.items()]
+            for job in jobs if job.finished for epoch, values in job.curve.items()]
 
 
 def _mean(values: list[float]) -> float:
@@ -165,34 +304,76 @@ def mean_epoch_s(job: Job) -> float | None:
 
 
 def summary_row(network: str, jobs: list[Job]) -> dict:
-    """Summary of one network over its seeds: means, except the peak memory (max) and its kind."""
+    """Summary of one network over its finished seeds: means, except maxima for memory; and its job states."""
+    counts = state_counts(jobs)
+    done = [job for job in jobs if job.finished]
+
     def metric(key: str) -> list:
-        return _present([job.metrics.get(key) for job in jobs])
+        return _present([job.metrics.get(key) for job in done])
 
     def mean(values: list) -> float | None:
         return _mean(values) if values else None
 
     test_acc = metric("test/acc")
-    memory = [(job.metrics[key], kind) for job in jobs for key, kind in MEMORY_KEYS.items() if key in job.metrics]
+    memory = [(job.metrics[key], kind) for job in done for key, kind in MEMORY_KEYS.items()
+              if job.metrics.get(key) is not None]
     return {
         "network": network,
         "legend": legend(network),
-        "seeds": len(jobs),
+        "seeds": len(done),
+        "jobs": len(jobs),
+        **{state: counts[state] for state in STATES[1:]},
         # Parameter and index counts are fixed by the configuration, so every seed has the same.
         "params_trainable": next(iter(metric("model/params_trainable")), None),
         "index_bytes": next(iter(metric("model/index_bytes")), None),
-        "final_train_loss": mean(_present([final_train_loss(job) for job in jobs])),
+        # Memory is measured per run; seeds can differ by a few bytes of allocator bookkeeping: the largest.
+        "state_bytes": max(metric("memory/state_bytes"), default=None),
+        "step_peak_bytes": max(metric("memory/step_peak_bytes"), default=None),
+        "data_bytes": max(metric("memory/data_bytes"), default=None),
+        "final_train_loss": mean(_present([final_train_loss(job) for job in done])),
         "test_acc": mean(test_acc),
         "test_acc_min": min(test_acc, default=None),
         "test_acc_max": max(test_acc, default=None),
         "peak_memory_bytes": max((value for value, _ in memory), default=None),
         "memory_kind": "+".join(sorted({kind for _, kind in memory})) or None,
         # Mean over the epochs of each job (the run's own time/epoch_s is its last epoch's), then over seeds.
-        "epoch_s": mean(_present([mean_epoch_s(job) for job in jobs])) or mean(metric("time/epoch_s")),
+        "epoch_s": mean(_present([mean_epoch_s(job) for job in done])) or mean(metric("time/epoch_s")),
         "wall_s": mean(metric("time/wall_s")),
     }
 
 
 def summarize(jobs: list[Job]) -> list[dict]:
-    """One summary row per network, in legend order."""
+    """One summary row per network, in legend order; networks with no finished job keep a row of counts."""
     return [summary_row(network, group) for network, group in by_network(jobs).items()]
+
+
+def read_memory_csv(path: Path) -> list[dict]:
+    """Rows of a memory CSV written by `python -m rppnets.memory`, in legend order (bytes as int); [] if none."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as file:
+        rows = list(csv.DictReader(file))
+    for row in rows:
+        for key in ("state_bytes", "step_peak_bytes", "batch_size"):
+            row[key] = int(row[key]) if row.get(key) else None
+        row["loss"] = float(row["loss"]) if row.get("loss") else None
+    return sorted(rows, key=lambda row: network_order(row["network"]))
+
+
+def memory_points(rows: list[dict], measured: list[dict]) -> list[dict]:
+    """One point per network and way of holding P: its bytes of state and step peak, its loss and test accuracy.
+
+    Bytes come from `measured` (memory.csv: every mode of RPP) when it has the network, else from the runs
+    (summary rows); loss and accuracy always from the finished runs, since the modes hold the same P.
+    """
+    points = []
+    for row in rows:
+        if not row["seeds"]:
+            continue
+        quality = {"final_train_loss": row["final_train_loss"], "test_acc": row["test_acc"]}
+        mine = [m for m in measured if m["network"] == row["network"]]
+        if not mine and row["state_bytes"] is not None and row["step_peak_bytes"] is not None:
+            mine = [{"permutation": "", "state_bytes": row["state_bytes"], "step_peak_bytes": row["step_peak_bytes"]}]
+        points += [{"network": row["network"], "permutation": m["permutation"], "state_bytes": m["state_bytes"],
+                    "step_peak_bytes": m["step_peak_bytes"], **quality} for m in mine]
+    return points

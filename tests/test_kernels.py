@@ -1,5 +1,5 @@
-"""The compiled kernels give exactly what the eager reference gives: the C++ CPU kernel, and the Triton kernels run
-by Triton's interpreter on the CPU (the same code that runs on a GPU)."""
+"""The compiled kernels give what the eager reference gives: the C++ CPU kernels (materialising and fused), and the
+Triton kernels run by Triton's interpreter on the CPU (the same code that runs on a GPU); and the C++ build's key."""
 
 import importlib.util
 import os
@@ -12,13 +12,14 @@ import pytest
 import torch
 from conftest import forward_backward
 
-from rppnets import cpu_kernels
-from rppnets.index_sources import GeneratedIndex, StoredIndex
+from rppnets import backends, cpu_kernels
+from rppnets.backends import CppBackend, EagerBackend, Permutation, flat_index
 from rppnets.permutation import build_index, permuted_rows, round_keys
 from rppnets.rpp_linear import PERMUTATIONS, RPPLinear
 
 # edge cases of the Feistel domain: tiny, powers of two and their neighbours, the project's sizes
 ROWS = [1, 2, 3, 4, 5, 15, 16, 17, 100, 255, 256, 257, 513, 784, 1000, 1024, 1025, 2049]
+EAGER = EagerBackend()
 
 
 @pytest.fixture(scope="module")
@@ -30,47 +31,122 @@ def cpu_kernel():
     return module
 
 
+def permutations(m: int, n: int, k: int, seed: int = 1, layer: int = 2) -> list[Permutation]:
+    """The same Feistel P as stored rows and as keys, and the identity."""
+    keys = round_keys(seed, layer, k, n)
+    return [
+        Permutation("index", build_index(m, n, k, seed, layer), m, n, k),
+        Permutation("keys", keys, m, n, k),
+        Permutation("identity", None, m, n, k),
+    ]
+
+
 def test_cpu_kernel_rows_and_inverse_equal_the_eager_reference(cpu_kernel):
     keys = round_keys(seed=7, layer=3, k=4, n=5)
     for m in ROWS:
         for inverse in (False, True):
-            assert torch.equal(cpu_kernels.feistel_rows(keys, m, inverse), permuted_rows(m, keys, inverse)), (m, inverse)
+            assert torch.equal(cpu_kernel.feistel_rows(keys, m, inverse), permuted_rows(m, keys, inverse)), (m, inverse)
 
 
 def test_cpu_kernels_build_the_w_p_of_an_eager_gather_in_every_mode(cpu_kernel):
     m, n, k = 300, 7, 6
-    generated = GeneratedIndex(m, n, k, round_keys(seed=1, layer=2, k=k, n=n))
-    stored = StoredIndex(build_index(m, n, k, seed=1, layer=2), n, k)
-    index = stored.gather_index().long()
-    assert torch.equal(generated.gather_index(), stored.gather_index())
+    cpp = CppBackend(cpu_kernel, fused=False)
+    stored, generated, _ = permutations(m, n, k)
+    index = flat_index(stored).long()
     for dtype in (torch.float32, torch.float64, torch.bfloat16):
         weight = torch.randn(m, n).to(dtype)
         want = weight.reshape(-1)[index].view(m, -1)
-        assert torch.equal(generated.permuted_weight(weight), want), dtype  # P generated inside the kernel
-        assert torch.equal(stored.permuted_weight(weight), want), dtype  # P read from the index
+        assert torch.equal(cpp.permuted_weight(weight, generated), want), dtype  # P generated inside the kernel
+        assert torch.equal(cpp.permuted_weight(weight, stored), want), dtype  # P read from the index
+        assert torch.equal(EAGER.permuted_weight(weight, generated), want), dtype
+
+
+@pytest.mark.parametrize("m", [200, 784, 70000])  # P stored as uint8, int16, int32
+def test_cpu_gather_and_fold_equal_index_select_and_bincount_bit_for_bit(cpu_kernel, m):
+    n, k = 3, 4
+    rows = build_index(m, n, k, seed=2, layer=1)
+    flat = flat_index(Permutation("index", rows, m, n, k)).long()
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        weight, grad_wp = torch.randn(m, n).to(dtype), torch.randn(m, k * n).to(dtype)
+        assert torch.equal(cpu_kernel.gather_weight(rows, weight), weight.reshape(-1)[flat].view(m, -1))
+        accumulate = torch.promote_types(dtype, torch.float32)
+        want = torch.bincount(flat, grad_wp.reshape(-1).to(accumulate), minlength=m * n).view(m, n)
+        assert torch.equal(cpu_kernel.fold_weight_grad(rows, grad_wp, n), want), (m, dtype)
+
+
+@pytest.mark.parametrize("m, n, k", [(1, 1, 1), (5, 3, 2), (300, 7, 6), (784, 10, 100), (70000, 2, 3)])
+def test_fused_products_equal_the_eager_ones(cpu_kernel, m, n, k):
+    fused = CppBackend(cpu_kernel, fused=True)
+    batch = 9
+    for perm in permutations(m, n, k):
+        x, weight, grad_y = torch.randn(batch, m), torch.randn(m, n), torch.randn(batch, k * n)
+        for dtype, tol in ((torch.float64, 1e-10), (torch.bfloat16, 0.05)):
+            x_, w_, dy_ = x.to(dtype), weight.to(dtype), grad_y.to(dtype)
+            want_y = EAGER.matmul(x_.double(), w_.double(), perm)
+            want_dx, want_dw = EAGER.backward(dy_.double(), x_.double(), w_.double(), perm)
+            y = fused.matmul(x_, w_, perm)
+            dx, dw = fused.backward(dy_, x_, w_, perm)
+            assert y.dtype == dx.dtype == dtype and dw.dtype == torch.promote_types(dtype, torch.float32)
+            for got, want in ((y, want_y), (dx, want_dx), (dw, want_dw)):
+                torch.testing.assert_close(got.double(), want, atol=tol * want.abs().max().item(), rtol=tol)
+            # each product alone: no dx without W, no dW without x
+            assert fused.backward(dy_, None, w_, perm)[1] is None and fused.backward(dy_, x_, None, perm)[0] is None
+            assert torch.equal(fused.backward(dy_, x_, None, perm)[1], dw)
+
+
+def test_fused_blocks_cover_every_column_whatever_their_width(cpu_kernel, monkeypatch):
+    m, n, k = 100, 3, 7  # 21 columns: blocks of 1, 4 (a partial last block), 21 and more
+    perm = permutations(m, n, k)[0]
+    x, weight = torch.randn(4, m, dtype=torch.float64), torch.randn(m, n, dtype=torch.float64)
+    grad_y = torch.randn(4, k * n, dtype=torch.float64)
+    want = (EAGER.matmul(x, weight, perm), *EAGER.backward(grad_y, x, weight, perm))
+    for block in (1, 4, 21, 64):
+        monkeypatch.setattr(backends, "FUSED_BLOCK", block)
+        fused = CppBackend(cpu_kernel, fused=True)
+        got = (fused.matmul(x, weight, perm), *fused.backward(grad_y, x, weight, perm))
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize("permutation", PERMUTATIONS)
-def test_layer_gives_identical_results_with_and_without_the_kernels(cpu_kernel, monkeypatch, permutation):
+def test_layer_gives_identical_results_on_the_materialising_cpu_kernels_and_eagerly(cpu_kernel, permutation):
     layer = RPPLinear(100, 4, 5, permutation=permutation, seed=3)
     x = torch.randn(8, 100, requires_grad=True)
-    with_kernels = forward_backward(layer, x)
-    monkeypatch.setattr(cpu_kernels, "kernel", lambda: None)
-    for got, eager in zip(with_kernels, forward_backward(layer, x)):
-        assert torch.equal(got, eager)
+    results = {}
+    for backend in ("cpu", "eager", "cpu-fused"):
+        layer.backend = backend
+        results[backend] = forward_backward(layer, x)
+    for got, eager in zip(results["cpu"], results["eager"]):
+        assert torch.equal(got, eager)  # the same W_p, and dW summed in the same order
+    for got, eager in zip(results["cpu-fused"], results["eager"]):
+        torch.testing.assert_close(got, eager, atol=1e-6, rtol=1e-6)  # products by blocks: other roundings
+
+
+def test_the_build_folder_is_keyed_on_source_flags_torch_and_python(monkeypatch, tmp_path):
+    key = cpu_kernels.build_key()
+    assert len(key) == 16 and key == cpu_kernels.build_key()
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    assert cpu_kernels.build_directory() == tmp_path / f"rppnets_cpu_kernels_{key}"
+    monkeypatch.setattr(torch, "__version__", torch.__version__ + "+other")
+    assert cpu_kernels.build_key() != key
+    monkeypatch.undo()
+    source = tmp_path / "cpu_kernels.cpp"
+    source.write_text(cpu_kernels.SOURCE.read_text() + "\n// changed\n")
+    monkeypatch.setattr(cpu_kernels, "SOURCE", source)
+    assert cpu_kernels.build_key() != key
 
 
 TRITON_CHECK = textwrap.dedent(
     """
     import torch
     from rppnets import triton_kernels as kernels
-    from rppnets.index_sources import GeneratedIndex
-    from rppnets.permutation import build_index, round_keys
+    from rppnets.backends import EagerBackend, Permutation, TritonBackend, flat_index
+    from rppnets.permutation import build_index, permuted_rows, round_keys
 
+    triton, eager = TritonBackend(kernels), EagerBackend()
     for m, n, k in [(1, 1, 1), (2, 3, 2), (5, 2, 3), (33, 4, 5), (100, 3, 7), (257, 2, 3), (784, 2, 2)]:
         keys = round_keys(4, 2, k, n)
-        source = GeneratedIndex(m, n, k, keys)
-        index = source.gather_index().long()
+        index = flat_index(Permutation("index", permuted_rows(m, keys), m, n, k)).long()
         weight = torch.randn(m, n, dtype=torch.float64)
         grad_wp = torch.randn(m, k * n, dtype=torch.float64)
         want_wp = weight.reshape(-1)[index].view(m, -1)
@@ -82,6 +158,12 @@ TRITON_CHECK = textwrap.dedent(
         bf16 = kernels.fold_weight_grad(grad_wp.bfloat16(), n, k, torch.float32, keys=keys)
         assert bf16.dtype == torch.float32
         torch.testing.assert_close(bf16, want_dw.float(), atol=0.1, rtol=0.05)
+        # the CUDA backend's step, composed of those kernels, against the eager one
+        x, grad_y = torch.randn(3, m, dtype=torch.float64), torch.randn(3, k * n, dtype=torch.float64)
+        for perm in (Permutation("keys", keys, m, n, k), Permutation("index", build_index(m, n, k, 4, 2), m, n, k)):
+            torch.testing.assert_close(triton.matmul(x, weight, perm), eager.matmul(x, weight, perm))
+            for got, want in zip(triton.backward(grad_y, x, weight, perm), eager.backward(grad_y, x, weight, perm)):
+                torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
     print("triton kernels agree")
     """
 )
@@ -95,16 +177,3 @@ def test_triton_kernels_in_the_interpreter_equal_the_eager_reference():
     result = subprocess.run([sys.executable, "-c", TRITON_CHECK], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "triton kernels agree" in result.stdout
-
-
-@pytest.mark.parametrize("m", [200, 784, 70000])  # P stored as uint8, int16, int32
-def test_cpu_gather_and_fold_equal_index_select_and_bincount_bit_for_bit(cpu_kernel, m):
-    n, k = 3, 4
-    rows = build_index(m, n, k, seed=2, layer=1)
-    flat = StoredIndex(rows, n, k).gather_index().long()
-    for dtype in (torch.float32, torch.float64, torch.bfloat16):
-        weight, grad_wp = torch.randn(m, n).to(dtype), torch.randn(m, k * n).to(dtype)
-        assert torch.equal(cpu_kernels.gather_weight(rows, weight), weight.reshape(-1)[flat].view(m, -1))
-        accumulate = torch.promote_types(dtype, torch.float32)
-        want = torch.bincount(flat, grad_wp.reshape(-1).to(accumulate), minlength=m * n).view(m, n)
-        assert torch.equal(cpu_kernels.fold_weight_grad(rows, grad_wp, n), want), (m, dtype)

@@ -8,6 +8,8 @@ from conftest import forward_backward
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rppnets import rpp_ops
+from rppnets.backends import EagerBackend, Permutation, default_backend
 from rppnets.permutation import build_index
 from rppnets.rpp_linear import BIAS_MODES, FEISTEL_PERMUTATIONS, PERMUTATIONS, RPPLinear, index_storage
 
@@ -156,12 +158,16 @@ def test_all_feistel_modes_compute_the_same_layer():
 
 @pytest.mark.parametrize("permutation", PERMUTATIONS)
 def test_gpu_fold_through_the_inverse_agrees_with_the_cpu_scatter_add(permutation):
-    # the GPU's path, run on the CPU: inverse index (scatter or backward Feistel), gather, sum
+    # the eager GPU path, run on the CPU: inverse index (scatter or backward Feistel), gather, sum
     layer = RPPLinear(300, 7, 6, permutation=permutation, seed=1, layer=2).double()
-    source = layer.index_source(torch.device("cpu"))
+    p, kind = layer.permutation_args()
+    perm = Permutation(kind, p, 300, 7, 6)
     grad_wp = torch.randn(300, 42, dtype=torch.float64)
-    gathered = source.fold_by_gather(grad_wp, torch.float64)
-    torch.testing.assert_close(gathered, source.fold_weight_grad(grad_wp), atol=1e-12, rtol=0)
+    eager = EagerBackend()
+    want = eager.fold(grad_wp, perm)  # bincount on the CPU
+    if kind != "identity":
+        torch.testing.assert_close(eager.fold_by_gather(grad_wp, perm), want, atol=1e-12, rtol=0)
+    torch.testing.assert_close(rpp_ops.fold_weight_grad(grad_wp, p, 6, kind), want, atol=1e-12, rtol=0)
 
 
 def test_identity_control_is_the_narrow_layer_tiled_k_times():
@@ -171,7 +177,7 @@ def test_identity_control_is_the_narrow_layer_tiled_k_times():
     assert torch.equal(layer.permutation_tensor(), torch.arange(m)[None, :, None].expand(k, m, n))
     assert index_storage(layer) == (0, 0) and len(list(layer.buffers())) == 0
     x = torch.randn(6, m, requires_grad=True)
-    wp = layer.index_source(x.device).permuted_weight(layer.weight.detach())
+    wp = rpp_ops.permuted_weight(layer.weight.detach(), None, k, "identity")
     assert torch.equal(wp, layer.weight.detach().repeat(1, k))  # W_p = [W W ... W]
     y = layer(x)
     narrow = x @ layer.weight + layer.bias  # the narrow layer, whose output each copy repeats
@@ -338,13 +344,12 @@ def test_cuda_shared_index_follows_the_device_and_bfloat16_autocast_runs():
 
 @cuda
 @pytest.mark.parametrize("permutation", PERMUTATIONS)
-def test_cuda_triton_kernels_match_the_eager_cuda_path(permutation, monkeypatch):
-    from rppnets import index_sources
-
+def test_cuda_triton_kernels_match_the_eager_cuda_path(permutation):
     layer = RPPLinear(784, 10, 100, permutation=permutation, seed=4, layer=1).cuda()
     x = torch.randn(128, 784, device="cuda", requires_grad=True)
     with_triton = forward_backward(layer, x)
-    monkeypatch.setattr(index_sources, "_triton", lambda: None)
+    assert default_backend("cuda") == "triton"
+    layer.backend = "eager"
     eager = forward_backward(layer, x)
     for got, want in zip(with_triton, eager):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

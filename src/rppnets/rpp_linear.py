@@ -6,61 +6,13 @@ import math
 import torch
 from torch import nn
 
+from rppnets import rpp_ops
 from rppnets.checks import check_choice, check_int
-from rppnets.index_sources import GeneratedIndex, IdentityIndex, IndexSource, StoredIndex
 from rppnets.permutation import MAX_IN_FEATURES, build_index, random_index, round_keys, shared_index
 
 BIAS_MODES = ("full", "reuse", "none")
 FEISTEL_PERMUTATIONS = ("stored", "shared", "generated")  # one P (the Feistel one) held three ways
 PERMUTATIONS = FEISTEL_PERMUTATIONS + ("identity", "random")  # and two controls with other P
-
-
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    device = x.device.type
-    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
-
-
-class RPPFunction(torch.autograd.Function):
-    """y = x @ W_p + b, with W_p built from W in forward and rebuilt in backward (never kept)."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, source: IndexSource):
-        dtype = _compute_dtype(x)
-        need_x, need_weight = ctx.needs_input_grad[:2]
-        ctx.save_for_backward(x if need_weight else None, weight if need_x else None)
-        # the index source is a plain object: saved-tensor hooks never see a persistent index
-        ctx.source, ctx.dtype = source, dtype
-        ctx.dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
-        wp = source.permuted_weight(weight.to(dtype))  # (m, k*n)
-        if bias is None:
-            return torch.mm(x.to(dtype), wp)
-        ctx.reuse_bias = bias.numel() != wp.shape[1]
-        if ctx.reuse_bias:  # output h*n + j gets b[j]
-            bias = bias.repeat(source.k)
-        return torch.addmm(bias.to(dtype), x.to(dtype), wp)
-
-    @staticmethod
-    def backward(ctx, grad_y):
-        x, weight = ctx.saved_tensors
-        source, dtype = ctx.source, ctx.dtype
-        x_dtype, weight_dtype, bias_dtype = ctx.dtypes
-        need_x, need_weight, need_bias = ctx.needs_input_grad[:3]
-        grad_y = grad_y.to(dtype)
-        grad_x = grad_weight = grad_bias = None
-        # On the CPU P's rows, made once, serve both the rebuilt W_p and the weight-gradient fold.
-        rows = source.backward_rows() if need_x or need_weight else None
-        if need_x:
-            wp = source.permuted_weight(weight.to(dtype), rows)
-            grad_x = torch.mm(grad_y, wp.t()).to(x_dtype)
-        if need_weight:
-            grad_wp = torch.mm(x.to(dtype).t(), grad_y)  # (m, k*n)
-            grad_weight = source.fold_weight_grad(grad_wp, rows).to(weight_dtype)
-        if need_bias:
-            grad_bias = grad_y.sum(0)  # (k*n,)
-            if ctx.reuse_bias:
-                grad_bias = grad_bias.view(source.k, source.n).sum(0)
-            grad_bias = grad_bias.to(bias_dtype)
-        return grad_x, grad_weight, grad_bias, None
 
 
 class RPPLinear(nn.Module):
@@ -104,8 +56,15 @@ class RPPLinear(nn.Module):
         index: ``"stored"`` and ``"random"`` only, a non-persistent buffer (m, k * n) with
             index[i, h*n + j] = P[h, i, j]; recomputed from seed and layer, never checkpointed.
         shared_index: ``"shared"`` only, the same tensor from the process-wide cache (a plain
-            attribute, refetched when the input's device changes).
+            attribute, refetched when the layer moves to another device).
         keys: ``"generated"`` only, a non-persistent buffer (2, rounds, k * n) of round keys.
+        backend: None (default) runs each step on the fastest kernels for the input's device,
+            found once per device (rppnets.backends.default_backend: fused C++ on the CPU, Triton
+            on CUDA, else eager PyTorch); or the name of a backend of rppnets.backends
+            (``"cpu-fused"``, ``"cpu"``, ``"triton"``, ``"eager"``) to force it.
+
+    The step runs as two registered torch ops (rppnets.rpp_ops), so ``torch.compile(model,
+    fullgraph=True)`` and CUDA graphs take the layer; only the input is saved for backward.
 
     Example::
 
@@ -153,12 +112,21 @@ class RPPLinear(nn.Module):
             index = make_index(m, n, k, self.seed, self.layer).to(device)
             self.register_buffer("index", index, persistent=False)
         elif self.permutation == "shared":
-            # a plain attribute, not a buffer: .to() leaves it, forward refetches it per device
+            # a plain attribute, not a buffer: state dicts leave it out, and _apply refetches it per device
             self.shared_index = shared_index(m, n, k, self.seed, device)
         elif self.permutation == "generated":
             keys = round_keys(self.seed, self.layer, k, n).to(device)  # (2, rounds, k*n), tiny
             self.register_buffer("keys", keys, persistent=False)
+        self.backend: str | None = None
         self.reset_parameters()
+
+    def _apply(self, fn, recurse=True):
+        """After .to(), .cuda() and the like, the shared index follows the weight to its device."""
+        super()._apply(fn, recurse)
+        device = self.weight.device
+        if self.permutation == "shared" and self.shared_index.device != device:
+            self.shared_index = shared_index(self.in_features, self.width, self.k, self.seed, device)
+        return self
 
     def __deepcopy__(self, memo):
         """A copy (SWA, EMA, `copy.deepcopy`) shares the process-wide shared index instead of copying it."""
@@ -181,27 +149,36 @@ class RPPLinear(nn.Module):
             return self.index
         return self.shared_index if self.permutation == "shared" else None
 
-    def index_source(self, device: torch.device) -> IndexSource:
-        """The source of P for a forward on device."""
-        m, n, k = self.in_features, self.width, self.k
+    def permutation_args(self) -> tuple[torch.Tensor | None, str]:
+        """P as the ops take it (rppnets.backends.Permutation): (tensor, kind)."""
         if self.permutation == "generated":
-            return GeneratedIndex(m, n, k, self.keys)
+            return self.keys, "keys"
         if self.permutation == "identity":
-            return IdentityIndex(m, n, k, device)
-        if self.permutation == "shared" and self.shared_index.device != device:
-            self.shared_index = shared_index(m, n, k, self.seed, device)
-        return StoredIndex(self.index_tensor(), n, k)
+            return None, "identity"
+        return self.index_tensor(), "index"
 
     def permutation_tensor(self) -> torch.Tensor:
         """P as int64 (k, m, n) on the CPU: P[h, :, j] is the permutation of column j in copy h."""
-        source = self.index_source(self.weight.device)
-        rows = source.rows().long().cpu()  # (m, k*n)
-        return rows.view(self.in_features, self.k, self.width).permute(1, 0, 2).contiguous()
+        m, n, k = self.in_features, self.width, self.k
+        p, kind = self.permutation_args()
+        if kind == "identity":
+            rows = torch.arange(m)[:, None].expand(m, k * n)
+        else:
+            rows = rpp_ops.feistel_rows(p, m) if kind == "keys" else p  # (m, k*n)
+        return rows.long().cpu().view(m, k, n).permute(1, 0, 2).contiguous()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"RPPLinear: input has {x.shape[-1]} features, expected {self.in_features}")
-        y = RPPFunction.apply(x.reshape(-1, self.in_features), self.weight, self.bias, self.index_source(x.device))
+        device = x.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        p, kind = self.permutation_args()
+        flat = x.reshape(-1, self.in_features).to(dtype)
+        y = rpp_ops.permuted_matmul(flat, self.weight, p, self.k, kind, self.backend)  # (batch, k*n)
+        if self.bias_mode == "full":
+            y = y + self.bias.to(dtype)
+        elif self.bias_mode == "reuse":  # output h*n + j gets b[j]
+            y = (y.view(-1, self.k, self.width) + self.bias.to(dtype)).view(-1, self.out_features)
         return y.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:

@@ -9,6 +9,8 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <optional>
+#include <tuple>
 #include <vector>
 
 // One round over the table p[0..size): even rounds high ^= F(low), odd rounds low ^= F(high), where
@@ -35,10 +37,11 @@ static inline int32_t walk(const int32_t* p, int64_t i, int32_t m) {
   return y;
 }
 
-// Calls emit(c, table) for every column c of the keys (2, rounds, columns), in parallel over columns;
-// table[i] for i < m, cycle-walked, is P_c(i) (or its inverse).
+// Calls emit(c, table) for every column c in [begin, end) of the keys (2, rounds, columns), in parallel over
+// columns; table[i] for i < m, cycle-walked, is P_c(i) (or its inverse).
 template <typename Emit>
-static void for_each_column(const torch::Tensor& keys, int64_t m, bool inverse, const Emit& emit) {
+static void for_each_column(const torch::Tensor& keys, int64_t m, bool inverse, int64_t begin, int64_t end,
+                            const Emit& emit) {
   TORCH_CHECK(keys.device().is_cpu() && keys.scalar_type() == torch::kInt32 && keys.dim() == 3 &&
                   keys.size(0) == 2 && keys.is_contiguous(),
               "keys: expected a contiguous CPU int32 tensor (2, rounds, columns)");
@@ -49,10 +52,10 @@ static void for_each_column(const torch::Tensor& keys, int64_t m, bool inverse, 
   const int32_t size = int32_t(1) << t;
   const int32_t* k1 = keys.data_ptr<int32_t>();  // keys[0]: addends, (rounds, columns)
   const int32_t* k2 = k1 + rounds * columns;     // keys[1]: odd multipliers
-  at::parallel_for(0, columns, 16, [&](int64_t begin, int64_t end) {
+  at::parallel_for(begin, end, 16, [&](int64_t first, int64_t last) {
     std::vector<int32_t> table(size);
     int32_t* p = table.data();
-    for (int64_t c = begin; c < end; ++c) {
+    for (int64_t c = first; c < last; ++c) {
       for (int32_t y = 0; y < size; ++y) p[y] = y;
       for (int64_t step = 0; step < rounds; ++step) {
         const int64_t r = inverse ? rounds - 1 - step : step;  // each round is its own inverse
@@ -68,7 +71,7 @@ torch::Tensor feistel_rows(const torch::Tensor& keys, int64_t m, bool inverse) {
   const int64_t columns = keys.size(2);
   auto out = torch::empty({m, columns}, keys.options());
   int32_t* o = out.data_ptr<int32_t>();
-  for_each_column(keys, m, inverse, [&](int64_t c, const int32_t* p) {
+  for_each_column(keys, m, inverse, 0, columns, [&](int64_t c, const int32_t* p) {
     for (int64_t i = 0; i < m; ++i) o[i * columns + c] = walk(p, i, int32_t(m));
   });
   return out;
@@ -83,7 +86,7 @@ torch::Tensor permuted_weight(const torch::Tensor& keys, const torch::Tensor& we
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, weight.scalar_type(), "permuted_weight", [&] {
     const scalar_t* w = w_contiguous.data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
-    for_each_column(keys, m, false, [&](int64_t c, const int32_t* p) {
+    for_each_column(keys, m, false, 0, columns, [&](int64_t c, const int32_t* p) {
       const scalar_t* column = w + c % n;
       for (int64_t i = 0; i < m; ++i) o[i * columns + c] = column[walk(p, i, int32_t(m)) * n];
     });
@@ -151,9 +154,142 @@ torch::Tensor fold_weight_grad(const torch::Tensor& rows, const torch::Tensor& g
   return out;
 }
 
+// The fused step: x @ W_p, dy @ W_p^T and dW computed one block of W_p's columns at a time. Each block (m, width)
+// is made from W and P (read from the stored rows, or generated) where it is used, then overwritten by the next:
+// the whole W_p (m, k*n) never exists. The products are ATen's own matrix multiplications on the blocks.
+
+// P as the kernels get it: the stored rows (m, columns) of uint8, int16 or int32, or the round keys (generated).
+struct Permutation {
+  const torch::Tensor& p;
+  bool generated;
+  int64_t columns() const { return generated ? p.size(2) : p.size(1); }
+};
+
+// block (m, c1 - c0) = W_p[:, c0:c1] and rows (m, c1 - c0) = P's rows there, each where its pointer is not null
+// (rows only for generated P: stored rows are read where they are).
+template <typename scalar_t>
+static void make_block(const Permutation& perm, const scalar_t* w, int64_t m, int64_t n, int64_t c0, int64_t c1,
+                       scalar_t* block, int32_t* rows) {
+  const int64_t width = c1 - c0;
+  if (perm.generated) {
+    for_each_column(perm.p, m, false, c0, c1, [&](int64_t c, const int32_t* table) {
+      const scalar_t* column = w + c % n;
+      for (int64_t i = 0; i < m; ++i) {
+        const int32_t r = walk(table, i, int32_t(m));
+        if (block != nullptr) block[i * width + c - c0] = column[int64_t(r) * n];
+        if (rows != nullptr) rows[i * width + c - c0] = r;
+      }
+    });
+    return;
+  }
+  if (block == nullptr) return;
+  const int64_t columns = perm.p.size(1);
+  with_index(perm.p, [&](const auto* index) {
+    at::parallel_for(0, m, 64, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const auto* from = index + i * columns + c0;
+        scalar_t* to = block + i * width;
+        for (int64_t c = 0, j = c0 % n; c < width; ++c, j = j + 1 == n ? 0 : j + 1) to[c] = w[int64_t(from[c]) * n + j];
+      }
+    });
+  });
+}
+
+// dW[rows[i, c], (c0 + c) % n] += g[i, c] for a block g (m, width) of dW_p; rows has row stride `stride`.
+// Each entry of dW gets one term per copy, added in the order of the copies: deterministic.
+template <typename scalar_t, typename index_t, typename acc_t>
+static void fold_block(const scalar_t* g, const index_t* rows, int64_t stride, int64_t m, int64_t n, int64_t c0,
+                       int64_t width, acc_t* dw) {
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t c = 0, j = c0 % n; c < width; ++c, j = j + 1 == n ? 0 : j + 1)
+      dw[int64_t(rows[i * stride + c]) * n + j] += acc_t(g[i * width + c]);
+}
+
+static void check_permutation(const Permutation& perm, int64_t m, int64_t n) {
+  TORCH_CHECK(perm.p.is_contiguous() && perm.p.device().is_cpu(), "P: expected a contiguous CPU tensor");
+  TORCH_CHECK(n >= 1 && perm.columns() % n == 0, "P: the column count must be a multiple of n");
+  if (!perm.generated) TORCH_CHECK(perm.p.dim() == 2 && perm.p.size(0) == m, "rows: expected (m, k*n)");
+}
+
+// y = x @ W_p (batch, k*n), for x (batch, m) and W (m, n) of one dtype; `block` columns of W_p at a time.
+torch::Tensor fused_matmul(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& p,
+                           bool generated, int64_t block) {
+  const Permutation perm{p, generated};
+  const int64_t m = weight.size(0), n = weight.size(1), columns = perm.columns();
+  check_permutation(perm, m, n);
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && x.size(1) == m && x.scalar_type() == weight.scalar_type(),
+              "x: expected a CPU matrix (batch, m) of W's dtype");
+  const auto w_contiguous = weight.contiguous();
+  auto y = torch::empty({x.size(0), columns}, x.options());
+  auto buffer = torch::empty({m * std::min(block, columns)}, weight.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, weight.scalar_type(), "fused_matmul", [&] {
+    for (int64_t c0 = 0; c0 < columns; c0 += block) {
+      const int64_t width = std::min(block, columns - c0);
+      auto tile = buffer.narrow(0, 0, m * width).view({m, width});
+      make_block(perm, w_contiguous.data_ptr<scalar_t>(), m, n, c0, c0 + width, tile.data_ptr<scalar_t>(), nullptr);
+      auto out = y.narrow(1, c0, width);  // a strided view: the product is written in place
+      at::mm_out(out, x, tile);
+    }
+  });
+  return y;
+}
+
+// The backward of y = x @ W_p for dy (batch, k*n): dx = dy @ W_p^T (batch, m) where W is given, in dy's dtype, and
+// dW (m, n) where x is given, summed in float32 (float64 for double). What is not computed comes back empty.
+// Each block of W_p (and, generated, of P) is made once for both.
+std::tuple<torch::Tensor, torch::Tensor> fused_backward(const torch::Tensor& grad_y, const std::optional<torch::Tensor>& x,
+                                                        const std::optional<torch::Tensor>& weight,
+                                                        const torch::Tensor& p, bool generated, int64_t m, int64_t n,
+                                                        int64_t block) {
+  const Permutation perm{p, generated};
+  const int64_t columns = perm.columns(), batch = grad_y.size(0), max_width = std::min(block, columns);
+  const bool need_x = weight.has_value(), need_weight = x.has_value();
+  check_permutation(perm, m, n);
+  TORCH_CHECK(grad_y.device().is_cpu() && grad_y.dim() == 2 && grad_y.size(1) == columns, "grad_y: expected (batch, k*n)");
+  if (need_x) TORCH_CHECK(weight->sizes() == torch::IntArrayRef({m, n}) && weight->scalar_type() == grad_y.scalar_type(),
+                          "weight: expected (m, n) of grad_y's dtype");
+  if (need_weight) TORCH_CHECK(x->sizes() == torch::IntArrayRef({batch, m}) && x->scalar_type() == grad_y.scalar_type(),
+                               "x: expected (batch, m) of grad_y's dtype");
+  const auto options = grad_y.options();
+  const auto accumulate = grad_y.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
+  // dx sums k*n/block products: in float32 at least, or bf16 would lose bits at every block
+  auto grad_x = torch::zeros({need_x ? batch : 0, m}, options.dtype(accumulate));
+  auto grad_w = torch::zeros({need_weight ? m : 0, n}, options.dtype(accumulate));
+  const auto w_contiguous = need_x ? weight->contiguous() : torch::Tensor();
+  auto tiles = torch::empty({need_x ? m * max_width : 0}, options);
+  auto products = torch::empty({need_weight ? m * max_width : 0}, options);
+  auto rows = torch::empty({need_weight && generated ? m * max_width : 0}, options.dtype(torch::kInt32));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad_y.scalar_type(), "fused_backward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* w = need_x ? w_contiguous.data_ptr<scalar_t>() : nullptr;
+    for (int64_t c0 = 0; c0 < columns; c0 += block) {
+      const int64_t width = std::min(block, columns - c0);
+      auto tile = tiles.narrow(0, 0, need_x ? m * width : 0).view({need_x ? m : 0, width});
+      int32_t* block_rows = rows.numel() ? rows.data_ptr<int32_t>() : nullptr;
+      make_block(perm, w, m, n, c0, c0 + width, need_x ? tile.data_ptr<scalar_t>() : nullptr, block_rows);
+      const auto dy = grad_y.narrow(1, c0, width);
+      if (need_x) {
+        if (accumulate == grad_y.scalar_type()) grad_x.addmm_(dy, tile.t());
+        else grad_x.add_(at::mm(dy, tile.t()));
+      }
+      if (need_weight) {
+        auto product = products.narrow(0, 0, m * width).view({m, width});
+        at::mm_out(product, x->t(), dy);  // dW_p[:, c0:c0 + width]
+        const scalar_t* g = product.data_ptr<scalar_t>();
+        acc_t* dw = grad_w.data_ptr<acc_t>();
+        if (generated) fold_block(g, block_rows, width, m, n, c0, width, dw);
+        else with_index(p, [&](const auto* index) { fold_block(g, index + c0, columns, m, n, c0, width, dw); });
+      }
+    }
+  });
+  return {grad_x.to(grad_y.scalar_type()), grad_w};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("feistel_rows", &feistel_rows, "P (or its inverse) of every column, on the CPU");
   module.def("permuted_weight", &permuted_weight, "W_p from W, generating P on the fly, on the CPU");
   module.def("gather_weight", &gather_weight, "W_p from W and P's rows, on the CPU");
   module.def("fold_weight_grad", &fold_weight_grad, "dW from dW_p and P's rows, deterministically, on the CPU");
+  module.def("fused_matmul", &fused_matmul, "x @ W_p, one block of W_p's columns at a time, on the CPU");
+  module.def("fused_backward", &fused_backward, "dy @ W_p^T and dW, one block of W_p's columns at a time, on the CPU");
 }

@@ -1,0 +1,264 @@
+"""The kernels behind an RPP layer's step, one backend per device: C++ on the CPU, Triton on CUDA, else eager PyTorch.
+
+A backend computes what a training step needs from W and P: y = x @ W_p, then dx = dy @ W_p^T and
+dW, the fold of dW_p = x^T @ dy over the k places each entry of W went to (summed in float32 at
+least, in a fixed order: deterministic). The registered ops (rppnets.rpp_ops) call them.
+
+- "cpu-fused" (the CPU default): C++ kernels that make W_p one block of columns at a time where the
+  products use it, so the whole W_p never exists (csrc/cpu_kernels.cpp).
+- "cpu": C++ kernels that gather the whole W_p and fold dW from dW_p, reading P as stored, and for
+  generated P make its rows once per backward for both.
+- "triton" (the CUDA default): one Triton kernel builds W_p, reading P from the index or generating
+  it in registers; one puts dW_p's k copies back in W's order, and a sum adds them. No atomics.
+- "eager": the reference, in plain PyTorch (index_select, and bincount on the CPU or a gather through
+  P^-1 and a sum elsewhere); the CPU backends give exactly its W_p, and "cpu" exactly its dW too.
+"""
+
+import functools
+from dataclasses import dataclass
+
+import torch
+
+from rppnets import cpu_kernels
+from rppnets.permutation import permuted_rows
+
+FUSED_BLOCK = 64  # columns of W_p per block of the fused kernels (experiments/rpp_layer_benchmark)
+KINDS = ("index", "keys", "identity")
+
+
+@dataclass(frozen=True)
+class Permutation:
+    """P of one layer as the kernels read it: P[h, i, j], copy h, row i, column j of W (m, n), k copies.
+
+    kind "index": p holds P's rows, (m, k*n) of some integer dtype, p[i, h*n + j] = P[h, i, j];
+    "keys": p holds the Feistel round keys (2, rounds, k*n) and P is generated; "identity": p is
+    None and P[h, i, j] = i.
+    """
+
+    kind: str
+    p: torch.Tensor | None
+    m: int
+    n: int
+    k: int
+
+    def with_rows(self, rows: torch.Tensor) -> "Permutation":
+        return Permutation("index", rows, self.m, self.n, self.k)
+
+
+def _accumulate(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)
+
+
+@functools.lru_cache(maxsize=64)
+def _columns(kn: int, n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """j for every column h*n + j of W_p; cached, since it is tiny and needed twice a step."""
+    return (torch.arange(kn, device=device) % n).to(dtype)
+
+
+def flat_index(perm: Permutation) -> torch.Tensor:
+    """Flat index into W.reshape(-1) that builds W_p (m, k*n) from P's rows: P * n + j, int32 where it fits."""
+    dtype = torch.int32 if perm.m * perm.n < 2**31 else torch.int64
+    # Widen first, then one in-place pass of j + n * P: an add that mixes int16 and int32 takes a slow
+    # element-by-element path (3 ms instead of 0.1 ms for a million entries).
+    index = perm.p.to(dtype, copy=True)
+    columns = _columns(perm.k * perm.n, perm.n, dtype, perm.p.device)
+    return torch.add(columns, index, alpha=perm.n, out=index).view(-1)
+
+
+class Backend:
+    """The step's products through a whole W_p; subclasses give permuted_weight and fold for P as rows or keys.
+
+    P of kind "identity" never needs a W_p: y = (x @ W) tiled k times, and the k copies of dy are summed first.
+    """
+
+    name = ""
+    device_types: tuple[str, ...] = ()
+
+    def rows(self, perm: Permutation) -> torch.Tensor:
+        """P's rows (m, k*n) in an integer dtype, for P of kind "index" or "keys"."""
+        return perm.p if perm.kind == "index" else self.generated_rows(perm.p, perm.m)
+
+    def generated_rows(self, keys: torch.Tensor, m: int, inverse: bool = False) -> torch.Tensor:
+        """P (or P^-1) as int32 rows (m, k*n) from the round keys."""
+        return permuted_rows(m, keys, inverse)
+
+    def permuted_weight(self, weight: torch.Tensor, perm: Permutation) -> torch.Tensor:
+        """W_p (m, k*n) with W_p[i, h*n + j] = W[P[h, i, j], j]."""
+        raise NotImplementedError
+
+    def fold(self, grad_wp: torch.Tensor, perm: Permutation) -> torch.Tensor:
+        """dW (m, n), float32 at least: the sum of dW_p (m, k*n) over the k places each entry of W went to."""
+        raise NotImplementedError
+
+    def for_backward(self, perm: Permutation) -> Permutation:
+        """P as the backward's two uses read it (rows made once where a backend needs them)."""
+        return perm
+
+    def matmul(self, x: torch.Tensor, weight: torch.Tensor, perm: Permutation) -> torch.Tensor:
+        """y = x @ W_p (batch, k*n), in x's dtype."""
+        weight = weight.to(x.dtype)
+        if perm.kind == "identity":
+            return torch.mm(x, weight).repeat(1, perm.k)
+        return torch.mm(x, self.permuted_weight(weight, perm))
+
+    def backward(self, grad_y, x, weight, perm: Permutation):
+        """(dx, dW) for dy (batch, k*n): dx = dy @ W_p^T where W is given (else None), in dy's dtype; dW (m, n)
+        where x is given (else None), in float32 at least."""
+        if perm.kind == "identity":
+            summed = grad_y.view(-1, perm.k, perm.n).sum(1, dtype=_accumulate(grad_y.dtype))  # (batch, n)
+            grad_x = None if weight is None else torch.mm(summed.to(grad_y.dtype), weight.to(grad_y.dtype).t())
+            return grad_x, None if x is None else torch.mm(x.t().to(summed.dtype), summed)
+        perm = self.for_backward(perm)
+        grad_x = None if weight is None else torch.mm(grad_y, self.permuted_weight(weight.to(grad_y.dtype), perm).t())
+        grad_weight = None if x is None else self.fold(torch.mm(x.t(), grad_y), perm)
+        return grad_x, grad_weight
+
+
+class EagerBackend(Backend):
+    """The reference in eager PyTorch, on any device."""
+
+    name = "eager"
+    device_types = ("cpu", "cuda")
+
+    def permuted_weight(self, weight, perm):
+        if perm.kind == "identity":
+            return weight.repeat(1, perm.k)
+        flat = flat_index(perm.with_rows(self.rows(perm)))
+        return weight.reshape(-1).index_select(0, flat).view(perm.m, -1)
+
+    def fold(self, grad_wp, perm):
+        accumulate = _accumulate(grad_wp.dtype)
+        if perm.kind == "identity":
+            return grad_wp.view(perm.m, perm.k, perm.n).sum(1, dtype=accumulate)
+        if grad_wp.device.type == "cpu":  # bincount with weights: a serial scatter-add, in a fixed order
+            flat = flat_index(perm.with_rows(self.rows(perm)))
+            return torch.bincount(flat, grad_wp.reshape(-1).to(accumulate), minlength=perm.m * perm.n).view(perm.m, -1)
+        return self.fold_by_gather(grad_wp, perm)  # no atomics: deterministic on a GPU
+
+    def inverse_rows(self, perm: Permutation) -> torch.Tensor:
+        """P^-1 as int32 rows (m, k*n): the row of copy h's column j that W[r, j] went to."""
+        if perm.kind == "keys":
+            return self.generated_rows(perm.p, perm.m, inverse=True)
+        rows = self.rows(perm)
+        # each column of P is a permutation, so every target is written once: deterministic
+        m, kn = rows.shape
+        sources = torch.arange(m, dtype=torch.int32, device=rows.device)[:, None].expand(m, kn)
+        return torch.empty((m, kn), dtype=torch.int32, device=rows.device).scatter_(0, rows.long(), sources)
+
+    def fold_by_gather(self, grad_wp: torch.Tensor, perm: Permutation) -> torch.Tensor:
+        """The fold without atomics: gather each copy through P^-1, sum the k copies."""
+        m, n, k, kn = perm.m, perm.n, perm.k, perm.k * perm.n
+        dtype = torch.int32 if m * kn < 2**31 else torch.int64
+        offsets = torch.arange(kn, device=grad_wp.device, dtype=dtype).view(k, 1, n)  # h*n + j
+        inverse = self.inverse_rows(perm).view(m, k, n).permute(1, 0, 2)  # (k, m, n)
+        index = torch.empty((k, m, n), dtype=dtype, device=grad_wp.device)  # where W[r, j] went in copy h
+        copies = grad_wp.reshape(-1).index_select(0, torch.add(offsets, inverse, alpha=kn, out=index).view(-1))
+        return copies.view(k, m, n).sum(0, dtype=_accumulate(grad_wp.dtype))
+
+    def for_backward(self, perm):
+        return perm.with_rows(self.rows(perm)) if perm.kind == "keys" else perm
+
+
+class CppBackend(EagerBackend):
+    """The C++ kernels on the CPU: W_p gathered and dW folded from P as stored; generated P's rows made by the
+    vectorised Feistel kernel, once per backward. With `fused`, the products take W_p one block at a time."""
+
+    device_types = ("cpu",)
+
+    def __init__(self, module, fused: bool):
+        self.module, self.fused = module, fused
+        self.name = "cpu-fused" if fused else "cpu"
+
+    def generated_rows(self, keys, m, inverse=False):
+        return self.module.feistel_rows(keys.contiguous(), m, inverse)
+
+    def permuted_weight(self, weight, perm):
+        if perm.kind == "keys":  # P generated inside the kernel: no index in memory
+            return self.module.permuted_weight(perm.p.contiguous(), weight)
+        if perm.kind == "index":
+            return self.module.gather_weight(perm.p.contiguous(), weight)
+        return super().permuted_weight(weight, perm)
+
+    def fold(self, grad_wp, perm):
+        if perm.kind == "identity":
+            return super().fold(grad_wp, perm)
+        return self.module.fold_weight_grad(self.rows(perm).contiguous(), grad_wp, perm.n)
+
+    def matmul(self, x, weight, perm):
+        if not self.fused or perm.kind == "identity":
+            return super().matmul(x, weight, perm)
+        return self.module.fused_matmul(x, weight.to(x.dtype), perm.p.contiguous(), perm.kind == "keys", FUSED_BLOCK)
+
+    def backward(self, grad_y, x, weight, perm):
+        if not self.fused or perm.kind == "identity":
+            return super().backward(grad_y, x, weight, perm)
+        weight = None if weight is None else weight.to(grad_y.dtype)
+        p, generated = perm.p.contiguous(), perm.kind == "keys"
+        grad_x, grad_weight = self.module.fused_backward(grad_y, x, weight, p, generated, perm.m, perm.n, FUSED_BLOCK)
+        return None if weight is None else grad_x, None if x is None else grad_weight
+
+
+class TritonBackend(EagerBackend):
+    """The Triton kernels on CUDA; P is read from the index or generated in registers, never as rows."""
+
+    name = "triton"
+    device_types = ("cuda",)
+
+    def __init__(self, kernels):
+        self.kernels = kernels
+
+    def _p(self, perm: Permutation) -> dict:
+        return {"keys": perm.p} if perm.kind == "keys" else {"index": perm.p}
+
+    def permuted_weight(self, weight, perm):
+        if perm.kind == "identity":
+            return super().permuted_weight(weight, perm)
+        return self.kernels.permuted_weight(weight, perm.k, **self._p(perm))
+
+    def fold(self, grad_wp, perm):
+        if perm.kind == "identity":
+            return super().fold(grad_wp, perm)
+        return self.kernels.fold_weight_grad(grad_wp, perm.n, perm.k, _accumulate(grad_wp.dtype), **self._p(perm))
+
+    def for_backward(self, perm):
+        return perm
+
+
+_BACKENDS: dict[str, Backend] = {"eager": EagerBackend()}
+
+
+def _triton_kernels():
+    """rppnets.triton_kernels where Triton is installed (CUDA builds of PyTorch), else None."""
+    try:
+        from rppnets import triton_kernels
+    except ImportError:
+        return None
+    return triton_kernels
+
+
+def default_backend(device: torch.device | str) -> str:
+    """The name of the fastest backend for a device, found once per device type (building the C++ kernels
+    or importing Triton the first time): "cpu-fused", "triton", or "eager" where neither is available."""
+    device_type = torch.device(device).type
+    if device_type == "cpu" and "cpu-fused" not in _BACKENDS:
+        module = cpu_kernels.kernel()
+        if module is not None:
+            _BACKENDS["cpu-fused"], _BACKENDS["cpu"] = CppBackend(module, fused=True), CppBackend(module, fused=False)
+    if device_type == "cuda" and "triton" not in _BACKENDS:
+        kernels = _triton_kernels()
+        if kernels is not None:
+            _BACKENDS["triton"] = TritonBackend(kernels)
+    for name in {"cpu": ("cpu-fused",), "cuda": ("triton",)}.get(device_type, ()):
+        if name in _BACKENDS:
+            return name
+    return "eager"
+
+
+def get_backend(name: str, device: torch.device) -> Backend:
+    """The backend called `name`, checked to run on device."""
+    default_backend(device)  # makes the device's backends on a first call
+    backend = _BACKENDS.get(name)
+    if backend is None or device.type not in backend.device_types:
+        allowed = [b.name for b in _BACKENDS.values() if device.type in b.device_types]
+        raise ValueError(f"backend={name!r} is invalid on {device.type}; allowed: {', '.join(map(repr, allowed))}")
+    return backend

@@ -1,0 +1,106 @@
+"""Tests of RPP's registered ops: torch.library.opcheck on each, their autograd, the backend choice, torch.compile."""
+
+import pytest
+import torch
+
+from rppnets import cpu_kernels, rpp_ops
+from rppnets.backends import default_backend, get_backend
+from rppnets.permutation import build_index, round_keys
+from rppnets.rpp_linear import BIAS_MODES, PERMUTATIONS, RPPLinear
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+M, N, K = 37, 3, 4  # m = 37: stored as uint8, a Feistel domain of 64 with cycle walking
+
+
+def p_args(kind: str, device="cpu") -> tuple:
+    """(p, k, kind) of one small layer's P."""
+    p = {"index": build_index(M, N, K, 5, 1), "keys": round_keys(5, 1, K, N), "identity": None}[kind]
+    return (None if p is None else p.to(device)), K, kind
+
+
+def backends_on(device: str) -> list[str | None]:
+    """None (the device's default) and every backend that runs there."""
+    names = {"cpu": ["cpu", "cpu-fused"], "cuda": ["triton"]}[device]
+    return [None, "eager"] + [name for name in names if default_backend(device) != "eager"]
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=cuda)])
+@pytest.mark.parametrize("kind", ["index", "keys", "identity"])
+def test_opcheck_every_op(device, kind):
+    p, k, kind = p_args(kind, device)
+    x = torch.randn(5, M, device=device, requires_grad=True)
+    weight = torch.randn(M, N, device=device, requires_grad=True)
+    grad_y = torch.randn(5, K * N, device=device)
+    grad_wp = torch.randn(M, K * N, device=device, dtype=torch.float64, requires_grad=True)
+    torch.library.opcheck(rpp_ops.permuted_matmul, (x, weight, p, k, kind, None))
+    torch.library.opcheck(rpp_ops.permuted_matmul, (x.detach(), weight, p, k, kind, None))  # dW only
+    for backend in backends_on(device):  # every backend's outputs have the shapes, dtypes and strides of the fake's
+        utils = None if backend is None else ("test_faketensor",)
+        for given in ((x.detach(), weight.detach()), (None, weight.detach()), (x.detach(), None)):
+            args = (grad_y, *given, p, M, N, k, kind, backend)
+            torch.library.opcheck(rpp_ops.permuted_matmul_backward, args, **({"test_utils": utils} if utils else {}))
+    torch.library.opcheck(rpp_ops.permuted_weight, (grad_wp.detach()[:, :N].requires_grad_(), p, k, kind))
+    torch.library.opcheck(rpp_ops.fold_weight_grad, (grad_wp, p, k, kind))
+    if kind == "keys":
+        for inverse in (False, True):
+            torch.library.opcheck(rpp_ops.feistel_rows, (p, M, inverse))
+
+
+@pytest.mark.parametrize("kind", ["index", "keys", "identity"])
+def test_gather_and_fold_are_each_others_adjoint_and_gradcheck(kind):
+    p, k, kind = p_args(kind)
+    weight = torch.randn(M, N, dtype=torch.float64, requires_grad=True)
+    grad_wp = torch.randn(M, K * N, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(lambda w: rpp_ops.permuted_weight(w, p, k, kind), (weight,), fast_mode=True)
+    torch.autograd.gradcheck(lambda g: rpp_ops.fold_weight_grad(g, p, k, kind), (grad_wp,), fast_mode=True)
+    # <W_p(W), G> = <W, fold(G)>
+    wp = rpp_ops.permuted_weight(weight, p, k, kind)
+    inner = (wp * grad_wp).sum()
+    torch.testing.assert_close(inner, (weight * rpp_ops.fold_weight_grad(grad_wp, p, k, kind)).sum())
+
+
+@pytest.mark.parametrize("kind", ["index", "keys", "identity"])
+def test_permuted_matmul_gradcheck_on_every_cpu_backend(kind):
+    p, k, kind = p_args(kind)
+    x = torch.randn(3, M, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(M, N, dtype=torch.float64, requires_grad=True)
+    for backend in backends_on("cpu"):
+        step = lambda a, w: rpp_ops.permuted_matmul(a, w, p, k, kind, backend)  # noqa: E731
+        torch.autograd.gradcheck(step, (x, weight), fast_mode=True)
+
+
+def test_default_backends_and_bad_names():
+    expected = "eager" if cpu_kernels.kernel() is None else "cpu-fused"  # the fused C++ kernels, where they build
+    assert default_backend("cpu") == default_backend(torch.device("cpu")) == expected
+    assert get_backend("eager", torch.device("cpu")).name == "eager"
+    with pytest.raises(ValueError, match=r"^backend='triton' is invalid on cpu; allowed: 'eager'"):
+        get_backend("triton", torch.device("cpu"))
+    layer = RPPLinear(M, N, K)
+    layer.backend = "no-such-backend"
+    with pytest.raises(ValueError, match="no-such-backend"):
+        layer(torch.randn(2, M))
+    with pytest.raises(ValueError, match="kind='rows'"):
+        rpp_ops.permuted_weight(torch.randn(M, N), build_index(M, N, K, 0, 0), K, "rows")
+
+
+@pytest.mark.slow
+def test_torch_compile_fullgraph_of_an_rpp_network_equals_eager_in_every_mode():
+    # one network with a layer for every permutation and bias mode: one compilation covers them all
+    torch.manual_seed(0)
+    layers, width = [], 12
+    for permutation in PERMUTATIONS:
+        for bias in BIAS_MODES:
+            layers += [RPPLinear(width, 3, 4, bias=bias, permutation=permutation, layer=len(layers)), torch.nn.ReLU()]
+    network = torch.nn.Sequential(*layers, torch.nn.Linear(width, 2))
+    x = torch.randn(6, width)  # no gradient: the first layer computes dW only
+
+    def step(model):
+        network.zero_grad(set_to_none=True)
+        y = model(x)
+        y.square().mean().backward()
+        return [y] + [p.grad for p in network.parameters()]
+
+    eager = step(network)
+    compiled = step(torch.compile(network, fullgraph=True))
+    for got, want in zip(compiled, eager):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)

@@ -113,12 +113,14 @@ class StepPeakMeter:
         return self.device.type == "cuda"
 
     def open(self) -> None:
+        """Starts measuring (CPU: starts the profiler)."""
         if not self.is_cuda:
             os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # quiets Kineto's device probing on machines without GPU
             self._profiler = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
             self._profiler.start()
 
     def begin_step(self) -> None:
+        """Marks the start of a measured step: what is allocated now is its baseline."""
         if self.is_cuda:
             self.prior_peak = max(self.prior_peak, torch.cuda.max_memory_allocated(self.device))
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -128,6 +130,7 @@ class StepPeakMeter:
             self._range.__enter__()
 
     def end_step(self) -> None:
+        """Marks the end of a measured step."""
         if self.is_cuda:
             self.peaks.append(torch.cuda.max_memory_allocated(self.device) - self._start)
         else:
@@ -255,6 +258,7 @@ def sweep_configs(sweep_dir: Path) -> dict:
 
 
 def write_rows(path: Path, rows: list[dict]) -> None:
+    """The measured rows as CSV_COLUMNS."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=CSV_COLUMNS, extrasaction="ignore")

@@ -80,9 +80,9 @@ def test_finished_job_is_not_run_again(tmp_path, fake_root):
     ("model.width=0", "model.width=0 is invalid; allowed: an integer >= 1"),
     ("model.depth=-1", "model.depth=-1 is invalid; allowed: an integer >= 0"),
     ("trainer.max_epochs=0", "trainer.max_epochs=0 is invalid; allowed: an integer >= 1"),
-    ("model.kind=conv", "model.kind='conv' is invalid; allowed: 'dense', 'rpp'"),
+    ("model.kind=conv", "model.kind='conv' is invalid; allowed: 'dense', 'rpp', "),
     ("model=rpp model.k=0", "k=0"),
-    ("model=rpp model.permutation=random", "permutation='random'"),
+    ("model=rpp model.permutation=feistel", "permutation='feistel'"),
     ("data.val_size=-5", "data.val_size=-5 is invalid"),
 ])
 def test_bad_values_stop_before_training(override, message, tmp_path, fake_root):

@@ -48,6 +48,9 @@ class EpochTimer(pl.Callback):
     def on_train_epoch_start(self, trainer, pl_module):
         self.start, self.elapsed, self.samples = self._now(pl_module), None, 0
 
+    # A run resumed mid-epoch gets no epoch start: time the rest of that epoch from the start of training.
+    on_train_start = on_train_epoch_start
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.samples += len(batch[0])
 

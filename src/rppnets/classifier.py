@@ -12,8 +12,14 @@ from torchmetrics.classification import MulticlassAccuracy
 STAGES = ("train", "val", "test")
 
 
+class DivergenceError(RuntimeError):
+    """The training loss stopped being a finite number."""
+
+
 class Classifier(pl.LightningModule):
     """Cross-entropy on the logits of `net`; loss and accuracy accumulated with torchmetrics.
+
+    A non-finite training loss raises DivergenceError naming the epoch and step.
 
     Logs ``train/loss_step`` (every ``trainer.log_every_n_steps`` steps, when the loggers write), and per epoch
     ``train/loss_epoch`` (the mean over the epoch's batches), ``train/acc``, ``val/loss``, ``val/acc``, and at
@@ -33,7 +39,7 @@ class Classifier(pl.LightningModule):
         # are always this module's logits and labels.
         self.metrics = nn.ModuleDict()
         for stage in STAGES:
-            self.metrics[f"{stage}_loss"] = MeanMetric()
+            self.metrics[f"{stage}_loss"] = MeanMetric(nan_strategy="disable")  # a NaN batch must show in the mean
             self.metrics[f"{stage}_acc"] = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -55,6 +61,9 @@ class Classifier(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss = self._step(batch, "train")
+        if not torch.isfinite(loss):  # stop at the first bad step: later steps would only train on NaN
+            raise DivergenceError(f"training diverged: loss {loss.item()} at epoch {self.current_epoch}, "
+                                  f"step {self.global_step} (batch {batch_idx}); try a smaller optimizer.lr")
         # self.log costs about half a millisecond, as much as a small network's whole step: call it only on
         # the steps whose values the loggers write.
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:

@@ -2,6 +2,7 @@
 
 import hashlib
 import shutil
+import zlib
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -71,7 +72,7 @@ def ensure_fashion_mnist(root: Path, system_dir: Path | None, download: bool, ve
         if not extracted.is_file():
             try:
                 extract_archive(str(raw / name), str(raw))
-            except (OSError, EOFError) as err:
+            except (OSError, EOFError, zlib.error) as err:  # any damage to the archive: name it, leave no part
                 extracted.unlink(missing_ok=True)
                 raise CorruptDataError(f"{raw / name} is corrupt: {err}. Delete it and rerun.") from err
         if verify_md5 and (actual := md5sum(extracted)) != CONTENT_MD5[extracted.name]:
@@ -95,12 +96,23 @@ def load_split(root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
 class InMemoryBatches:
     """Batches sliced out of tensors that already live on the device; reshuffled every epoch if asked.
 
-    No per-sample Python and no PIL: one index operation per batch.
+    No per-sample Python and no PIL: one index operation per batch. Resumable mid-epoch (Lightning saves
+    `state_dict()` with a checkpoint taken inside an epoch): the shuffling generator before the epoch's order was
+    drawn and the number of batches already served, so a resumed run sees exactly the batches it would have seen.
+    Between epochs the generator's state is the data module's to save.
+    With `world_size` > 1 (DDP) every process draws the same order and takes its own share of each global batch
+    of `batch_size` rows, so the processes together step on the batches of a one-process run.
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0):
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, generator: torch.Generator | None = None):
         self.x, self.y, self.batch_size, self.shuffle = x, y, batch_size, shuffle
-        self.generator = torch.Generator().manual_seed(seed)  # its state advances each epoch: deterministic order
+        self.rank, self.world_size = rank, world_size
+        # its state advances each epoch: a deterministic order that differs between epochs
+        self.generator = generator if generator is not None else torch.Generator().manual_seed(seed)
+        self._epoch_state = self.generator.get_state()  # the generator before this epoch's order was drawn
+        self._served = 0  # batches of the current epoch handed out
+        self._skip = 0  # batches to skip at the next epoch start (a mid-epoch resume)
 
     def __len__(self) -> int:
         return -(-len(self.x) // self.batch_size)
@@ -108,13 +120,31 @@ class InMemoryBatches:
     def __iter__(self):
         n = len(self.x)
         if self.shuffle:
+            self._epoch_state = self.generator.get_state()
             order = torch.randperm(n, generator=self.generator).to(self.x.device)
-            for start in range(0, n, self.batch_size):
-                idx = order[start : start + self.batch_size]
+        first, self._skip, self._served = self._skip, 0, self._skip
+        for batch in range(first, len(self)):
+            start = batch * self.batch_size
+            rows = slice(start, min(start + self.batch_size, n))
+            if self.world_size > 1:  # this process's share of the global batch
+                size = rows.stop - rows.start
+                share = -(-size // self.world_size)
+                rows = slice(rows.start + self.rank * share, min(rows.start + (self.rank + 1) * share, rows.stop))
+            self._served = batch + 1
+            if self.shuffle:
+                idx = order[rows]
                 yield self.x[idx], self.y[idx]
-        else:
-            for start in range(0, n, self.batch_size):
-                yield self.x[start : start + self.batch_size], self.y[start : start + self.batch_size]
+            else:
+                yield self.x[rows], self.y[rows]
+
+    def state_dict(self) -> dict:
+        if self._served in (0, len(self)):  # between epochs: the next epoch draws a new order
+            return {"generator": self.generator.get_state(), "served": 0}
+        return {"generator": self._epoch_state, "served": self._served}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self._epoch_state, self._skip, self._served = state["generator"], state["served"], 0
 
 
 class FashionMNISTDataModule(pl.LightningDataModule):
@@ -146,6 +176,7 @@ class FashionMNISTDataModule(pl.LightningDataModule):
         self.seed = check_int("seed", seed, 0)
         self.system_dir = Path(system_dir) if system_dir else None
         self.download, self.verify_md5 = download, verify_md5
+        self.shuffle_generator = torch.Generator().manual_seed(self.seed)  # the training order, epoch after epoch
 
     def prepare_data(self):
         ensure_fashion_mnist(self.root, self.system_dir, self.download, self.verify_md5)
@@ -163,7 +194,17 @@ class FashionMNISTDataModule(pl.LightningDataModule):
         self.x_test, self.y_test = x_test.to(device), y_test.to(device)
 
     def train_dataloader(self):
-        return InMemoryBatches(self.x_train, self.y_train, self.batch_size, shuffle=True, seed=self.seed)
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        return InMemoryBatches(self.x_train, self.y_train, self.batch_size, shuffle=True, rank=rank,
+                               world_size=world_size, generator=self.shuffle_generator)
+
+    def state_dict(self) -> dict:
+        """Saved with every checkpoint: where the training order stands, so a resumed run continues it."""
+        return {"shuffle_generator": self.shuffle_generator.get_state()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.shuffle_generator.set_state(state_dict["shuffle_generator"])
 
     def val_dataloader(self):
         return InMemoryBatches(self.x_val, self.y_val, self.eval_batch_size, shuffle=False)

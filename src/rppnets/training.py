@@ -3,26 +3,35 @@
 import gc
 import hashlib
 import json
+import math
 import os
 import time
+import uuid
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
+from rppnets.checkpointing import AtomicCheckpointIO, LastCheckpoint, Preempted, RandomStates, StopSignals, \
+    checkpoint_progress
 from rppnets.checks import check_int
 from rppnets.classifier import Classifier
 from rppnets.loggers import build_loggers, finish_wandb
+from rppnets.resources import available_memory_bytes, estimate_training_bytes, threads_per_job
+from rppnets.run_folder import RESULTS, STATE, FolderNotWritableError, RunFolder
 
 
 class ConfigError(ValueError):
     """A config value that cannot work; raised before any training starts."""
 
 
-def config_hash(config: dict, exclude=("paths", "hydra", "skip_finished")) -> str:
+def config_hash(config: dict, exclude=("paths", "hydra", "skip_finished", "resume")) -> str:
     kept = {key: value for key, value in config.items() if key not in exclude}
     return hashlib.sha1(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
@@ -33,7 +42,7 @@ def experiment_hash(cfg: DictConfig) -> str:
     with open_dict(neutral):
         neutral.seed, neutral.run_name, neutral.paths.output_dir = 0, "", ""  # also where they are interpolated
     return config_hash(OmegaConf.to_container(neutral, resolve=True),
-                       exclude=("model", "network", "paths", "hydra", "skip_finished"))
+                       exclude=("model", "network", "paths", "hydra", "skip_finished", "resume"))
 
 
 def run_name(cfg: DictConfig) -> str:
@@ -41,8 +50,8 @@ def run_name(cfg: DictConfig) -> str:
     model = cfg.model
     if model.depth == 0:
         name = "softmax"
-    elif model.kind == "rpp":
-        name = f"rpp-w{model.width}-k{model.k}" + ("-nobias" if model.bias == "none" else "")
+    elif model.kind != "dense":  # rpp, hashed, lowrank: virtual width k * width
+        name = f"{model.kind}-w{model.width}-k{model.k}" + ("-nobias" if model.get("bias") == "none" else "")
     else:
         name = f"dense-w{model.width}" + ("" if model.bias else "-nobias")
     if model.depth not in (0, 2):
@@ -65,68 +74,148 @@ def check_config(cfg: DictConfig) -> None:
     """Checks that need no object built; each failure names the key, the value and what is allowed."""
     try:
         check_int("trainer.max_epochs", cfg.trainer.get("max_epochs"), 1)
-        check_int("seed", cfg.get("seed"), 0)
+        check_int("seed", cfg.get("seed"), 0, 2**32 - 1)  # Lightning's seeding takes 32 bits
+        lr = cfg.get("optimizer", {}).get("lr")
+        if lr is not None and not (isinstance(lr, (int, float)) and not isinstance(lr, bool)
+                                   and math.isfinite(lr) and lr > 0):
+            raise ValueError(f"optimizer.lr={lr!r} is invalid; allowed: a finite number > 0")
     except ValueError as err:
         raise ConfigError(str(err)) from err
+    check_memory(cfg)
+
+
+def check_memory(cfg: DictConfig) -> None:
+    """Refuses a model whose training step would not fit in the memory this machine has left."""
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    if model.get("kind") not in ("dense", "rpp", "hashed", "lowrank"):
+        return  # the model's own checks name the bad value
+    needed = estimate_training_bytes(model, cfg.data.get("batch_size", 128))
+    available = available_memory_bytes()
+    if available is not None and needed > available:
+        knobs = "model.k / model.width" if model.get("kind") != "dense" else "model.width"
+        raise ConfigError(
+            f"model (kind={model.get('kind')}, width={model.get('width')}, k={model.get('k', 1)}, "
+            f"depth={model.get('depth')}) needs about {needed / 2**30:.1f} GiB to train, but this machine has "
+            f"{available / 2**30:.1f} GiB available; lower {knobs}")
+
+
+def configure_threads() -> None:
+    """Parallel jobs of the joblib launcher share the cores: cores / jobs threads each."""
+    if HydraConfig.initialized():
+        launcher = HydraConfig.get().launcher
+        if "joblib" in str(launcher.get("_target_", "")):
+            torch.set_num_threads(threads_per_job(launcher.get("n_jobs")))
 
 
 def train(cfg: DictConfig) -> dict:
-    """Train, validate and test one network; return its final metrics. Writes results.json into the run folder."""
+    """Train, validate and test one network; return its final metrics. Writes results.json into the run folder.
+
+    Resumes from the run folder's last.ckpt when it holds an unfinished run of the same config (`resume=false`
+    starts afresh, setting the old files aside). Raises ConfigError before anything is written for bad input,
+    Preempted after saving a checkpoint when a stop signal arrives, and re-raises any failure of training after
+    recording it in results.json with ``"status": "failed"``.
+    """
     check_config(cfg)
-    output_dir = Path(cfg.paths.output_dir)
+    folder = RunFolder(cfg.paths.output_dir)
     config = OmegaConf.to_container(cfg, resolve=True)
     this_hash = config_hash(config)
-    results_path = output_dir / "results.json"
-    if cfg.get("skip_finished") and results_path.exists():
-        results = json.loads(results_path.read_text())
-        if results.get("config_hash") == this_hash:
-            print(f"{results['run_name']}: already finished in {output_dir}, skipping (delete results.json to rerun)")
-            return results["metrics"]
-
-    with open_dict(cfg):
-        cfg.run_name = cfg.get("run_name") or run_name(cfg)
-    config["run_name"] = cfg.run_name
+    if cfg.get("skip_finished") and (results := folder.finished_results(this_hash)):
+        print(f"{results['run_name']}: already finished in {folder.path}, skipping (delete results.json to rerun)")
+        return results["metrics"]
     # Seed before anything draws a random number: the model's initial weights come next.
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    # Build everything that can reject a value before the first batch.
+    # Build everything that can reject a value before the run folder is touched.
     datamodule = _build(cfg, "data")
-    net = _build(cfg, "model")
-    module = Classifier(net, optimizer=_build(cfg, "optimizer"))
+    module = Classifier(_build(cfg, "model"), optimizer=_build(cfg, "optimizer"))
+    with open_dict(cfg):
+        cfg.run_name = cfg.get("run_name") or run_name(cfg)
+    config["run_name"] = cfg.run_name
+    writer = rank_zero_only.rank == 0  # under DDP, the other processes write nothing to the folder
+    if writer:
+        try:
+            folder.check_writable()
+        except FolderNotWritableError as err:
+            raise ConfigError(str(err)) from err
+        folder.lock()
+    try:
+        return _train(cfg, folder, config, this_hash, writer, datamodule, module)
+    finally:
+        folder.unlock()
 
+
+def _resume_point(cfg: DictConfig, folder: RunFolder, this_hash: str, writer: bool) -> tuple[dict | None, dict]:
+    """(checkpoint progress or None, run state) after deciding between resuming and starting afresh."""
+    state = folder.read_json(STATE) or {}
+    same_config = state.get("config_hash") == this_hash
+    if cfg.get("resume", True) and same_config and folder.checkpoint_path.is_file():
+        return checkpoint_progress(folder.checkpoint_path), state
+    if writer:
+        reason = ("resume=false" if not cfg.get("resume", True) else "no checkpoint yet" if same_config
+                  else "the folder held a run of a different config")
+        if (moved := folder.set_aside(f"started afresh: {reason}")) is not None:
+            print(f"starting afresh ({reason}); the previous attempt's files are in {moved}")
+    return None, {}
+
+
+def _train(cfg: DictConfig, folder: RunFolder, config: dict, this_hash: str, writer: bool,
+           datamodule: pl.LightningDataModule, module: Classifier) -> dict:
+    progress, state = _resume_point(cfg, folder, this_hash, writer)
+    wandb_id = state.get("wandb_id") or uuid.uuid4().hex[:12]
+    if writer:
+        folder.write_json(STATE, {"config_hash": this_hash, "run_name": cfg.run_name, "wandb_id": wandb_id})
+    configure_threads()
     # The previous job of a multirun leaves its trainer, data and model in reference cycles: free them now, so
     # this job's peak memory is its own.
     gc.collect()
-    started = time.perf_counter()
+    results = {"status": "failed", "network": cfg.get("network") or cfg.run_name.rsplit("-s", 1)[0],
+               "seed": cfg.seed, "run_name": cfg.run_name, "group": cfg.get("group"), "config_hash": this_hash,
+               "experiment_hash": experiment_hash(cfg), "csv": "csv/metrics.csv", "metrics": {}}
+    if progress is not None:
+        dropped = folder.truncate_csv(progress["epochs_done"], progress["global_step"]) if writer else 0
+        where = "mid-epoch, " if progress["mid_epoch"] else ""
+        print(f"{cfg.run_name}: resuming from epoch {progress['epochs_done']} of {cfg.trainer.max_epochs} "
+              f"({where}step {progress['global_step']}) with {folder.checkpoint_path}"
+              + (f"; {dropped} CSV rows past the checkpoint dropped" if dropped else ""))
+    loggers = build_loggers(cfg.get("logger"), config, wandb_id=wandb_id)
+    started = time.perf_counter()  # after logging is up: a slow W&B start is not training time
+    failure: BaseException | None = None
     try:
-        loggers = build_loggers(cfg.get("logger"), config)
         callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-        trainer = _build(cfg, "trainer", logger=loggers or False, callbacks=callbacks)
-        trainer.fit(module, datamodule=datamodule)
-        metrics = dict(trainer.callback_metrics)  # testing replaces callback_metrics: keep fit's
-        trainer.test(module, datamodule=datamodule, verbose=False)
+        callbacks.append(RandomStates())
+        last = next((c for c in callbacks if isinstance(c, LastCheckpoint)), None)
+        trainer = _build(cfg, "trainer", logger=loggers or False, callbacks=callbacks,
+                         plugins=[AtomicCheckpointIO()])
+        with StopSignals() as signals:
+            if last is not None:
+                last.signals = signals
+            ckpt_path = folder.checkpoint_path if progress is not None else None
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+            # testing replaces callback_metrics: keep fit's (or, when training had ended, the checkpoint's)
+            metrics = dict(trainer.callback_metrics) or dict(last.fit_metrics if last else {})
+            trainer.test(module, datamodule=datamodule, verbose=False)
         metrics.update(trainer.callback_metrics)
         for callback in callbacks:
             metrics.update(getattr(callback, "metrics", {}))  # run-level numbers (RunMetrics)
         metrics = {key: value.item() if torch.is_tensor(value) else value for key, value in metrics.items()}
         metrics["train/loss"] = metrics.get("train/loss_epoch")
         metrics["time/wall_s"] = time.perf_counter() - started
-        wandb_dir = next((lg.experiment.dir for lg in loggers if type(lg).__name__ == "WandbLogger"), None)
+        wandb_dir = next((lg.experiment.dir for lg in loggers if isinstance(lg, WandbLogger)), None)
+        results.update(status="finished", metrics=metrics)
+    except BaseException as err:
+        failure = err
+        raise
     finally:
-        finish_wandb()
-
-    results = {
-        "network": cfg.get("network") or cfg.run_name.rsplit("-s", 1)[0],
-        "seed": cfg.seed,
-        "run_name": cfg.run_name,
-        "group": cfg.get("group"),
-        "config_hash": this_hash,
-        "experiment_hash": experiment_hash(cfg),
-        "csv": "csv/metrics.csv",
-        "metrics": metrics,
-    }
-    results_path.write_text(json.dumps(results, indent=2))  # last: its presence marks the job finished
-    print_summary(results, output_dir, wandb_dir)
+        preempted = isinstance(failure, Preempted)
+        finish_wandb(exit_code=None if failure is None else 1, preempted=preempted)
+        if failure is not None and not preempted and writer:
+            results["error"] = f"{type(failure).__name__}: {failure}".splitlines()[0]
+            folder.write_json(RESULTS, results)  # a failed job: never counted as finished
+    if writer:
+        folder.write_json(RESULTS, results)  # last: its presence with status finished marks the job done
+        print_summary(results, folder.path, wandb_dir)
+    if signals.received is not None:  # finished anyway; still stop the sweep, as asked
+        raise Preempted(signals.received)
     return metrics
 
 

@@ -1,23 +1,74 @@
 #!/usr/bin/env bash
-# The checks that need a GPU, in one go: the RPP layer's and kernels' tests (CUDA ones included), the RPP benchmark on CUDA,
-# and a short training run of the RPP network on the GPU. From the repo root: bash benchmarks/gpu_checks.sh [data root]
+# The checks that need a GPU, prepared to run in one go (issue 10's GPU items). From the repo root:
+#   bash benchmarks/gpu_checks.sh [data root] [section ...]      (default: every section, about 12 minutes)
+# Sections, each under its own time limit, so that a device's budget can be split between calls:
+#   tests      the RPP tests with CUDA (opcheck on CUDA, Triton against eager, CUDA graphs of every mode)   ~2 min
+#   bench      the layer benchmark on CUDA, eager and through torch.compile with CUDA graphs (reduce-overhead,
+#              the Adam step compiled too): RPP step against dense, target at most 1.1x in every mode   ~3 min
+#   pipeline   one epoch of the pipeline against a bare loop on the GPU, eager and compiled               ~2 min
+#   reproduce  the figure's five networks x 30 epochs on one GPU, the jobs side by side (joblib), timed
+#              (target: at most 2 minutes), with each network's peak GPU memory                           ~5 min
+# Logs and the small results go to $OUT when it is set (the device machine's returned folder), else a temp dir.
+# Python: PY (default .venv/bin/python); data: the folder holding FashionMNIST/raw (default data).
 set -uo pipefail
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" WANDB_MODE=offline PYTHONUNBUFFERED=1
 # the C++ CPU kernels are checked on the CPU machines; here the CPU side of the CUDA tests runs eagerly (same values)
 export RPPNETS_CPU_KERNELS=${RPPNETS_CPU_KERNELS:-0}
 PY=${PY:-.venv/bin/python}
 root=${1:-data}
-out=$(mktemp -d)
+shift $(($# > 0 ? 1 : 0))
+sections=" ${*:-tests bench pipeline reproduce} "
+out=${OUT:-$(mktemp -d)}
+mkdir -p "$out"
+# the pipeline's compile key, once training.py has one (compile: null | default | reduce-overhead)
+compile_override=$(grep -q '^compile:' conf/train.yaml && echo "compile=${COMPILE:-reduce-overhead}")
+
+section() { [[ $sections == *" $1 "* ]] && echo "== $1 ($(date +%T)): $2"; }
+
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
-echo "== RPP layer tests"
-$PY -m pytest -q -p no:cacheprovider tests/test_rpp_linear.py tests/test_permutation.py tests/test_kernels.py
-echo "== RPP layer benchmark on CUDA"
-$PY benchmarks/rpp_layer.py --device cuda
-echo "== two epochs of the RPP network on the GPU (CSV logger)"
-$PY src/train.py model=rpp logger=csv trainer.max_epochs=2 trainer.accelerator=gpu \
-    "data.root=$root" "hydra.run.dir=$out" ~callbacks.progress_bar +trainer.enable_progress_bar=false 2>&1 | tail -4
-cat "$out/results.json"
-echo "== one epoch with generated permutations on the GPU"
-$PY src/train.py model=rpp model.permutation=generated logger=csv trainer.max_epochs=1 trainer.accelerator=gpu \
-    "data.root=$root" "hydra.run.dir=$out/generated" ~callbacks.progress_bar +trainer.enable_progress_bar=false 2>&1 | tail -3
+echo "results in $out"
+
+if section tests "RPP layer, ops and kernel tests, CUDA ones included"; then
+  timeout 300 $PY -m pytest -q -p no:cacheprovider tests/test_rpp_linear.py tests/test_permutation.py \
+    tests/test_kernels.py tests/test_rpp_ops.py 2>&1 | tee "$out/tests.log" | tail -15
+fi
+
+if section bench "RPP layer benchmark on CUDA: eager, and compiled with CUDA graphs"; then
+  timeout 400 $PY benchmarks/rpp_layer.py --device cuda --shapes 784,10,100 --repeats 15 \
+    --compile-mode reduce-overhead --compile-optimizer 2>&1 | grep -v Warning | tee "$out/rpp_layer_cuda.log"
+fi
+
+if section pipeline "one epoch through the pipeline against a bare loop on the GPU"; then
+  if $PY benchmarks/pipeline_overhead.py --help | grep -q -- --device; then
+    timeout 300 $PY benchmarks/pipeline_overhead.py --device cuda --repeats 2 2>&1 | tee "$out/pipeline_cuda.log"
+  else
+    echo "benchmarks/pipeline_overhead.py has no --device option yet: epochs of the RPP network instead"
+  fi
+  for compile in "" $compile_override; do
+    echo "-- two epochs of the RPP network ${compile:-eager}"
+    timeout 150 $PY src/train.py model=rpp logger=csv trainer.max_epochs=2 trainer.accelerator=gpu $compile \
+      "data.root=$root" "hydra.run.dir=$out/epochs${compile:+-compiled}" ~callbacks.progress_bar 2>&1 | tail -3
+  done
+fi
+
+if section reproduce "the figure on one GPU: 5 networks x 30 epochs, side by side${compile_override:+, $compile_override}"; then
+  launcher=$($PY -c "import hydra_plugins.hydra_joblib_launcher" 2>/dev/null && echo "hydra/launcher=joblib")
+  start=$(date +%s)
+  timeout 540 $PY src/train.py -m experiment=fashion_mnist_plot trainer.max_epochs=30 trainer.accelerator=gpu \
+    $launcher $compile_override "data.root=$root" "hydra.sweep.dir=$out/reproduce" logger=csv ~callbacks.progress_bar \
+    2>&1 | tail -8
+  echo "the sweep took $(($(date +%s) - start)) s (target: at most 120 s)"
+  $PY -m rppnets.report "$out/reproduce" 2>&1 | tail -5
+  $PY - "$out/reproduce" <<'EOF'
+import json, sys
+from pathlib import Path
+print(f"{'network':<14}{'wall s':>8}{'epoch s':>9}{'peak GPU MB':>13}{'test acc':>10}")
+for path in sorted(Path(sys.argv[1]).glob("*/results.json")):
+    metrics = json.loads(path.read_text())["metrics"]
+    print(f"{path.parent.name:<14}{metrics.get('time/wall_s', float('nan')):>8.1f}"
+          f"{metrics.get('time/epoch_s', float('nan')):>9.2f}"
+          f"{metrics.get('memory/cuda_max_allocated_bytes', float('nan')) / 1e6:>13.1f}"
+          f"{metrics.get('test/acc', float('nan')):>10.4f}")
+EOF
+fi

@@ -1,4 +1,4 @@
-"""Training-step time and memory of RPPLinear against an nn.Linear of the same output width."""
+"""Training-step time and memory of RPPLinear against an nn.Linear of the same output width, eager and compiled."""
 
 import argparse
 import statistics
@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from rppnets.hashed_linear import HashedLinear  # noqa: E402
 from rppnets.low_rank_linear import LowRankLinear  # noqa: E402
 from rppnets.models import lowrank_rank  # noqa: E402
+from rppnets.backends import default_backend  # noqa: E402
 from rppnets.rpp_linear import PERMUTATIONS, RPPLinear  # noqa: E402
 
 SHAPES = [(784, 10, 100), (1000, 10, 100)]  # (m, n, k)
@@ -29,17 +30,55 @@ def budget_matched_layers(m: int, n: int, k: int, device: torch.device) -> dict[
             "lowrank": LowRankLinear(m, k * n, rank=lowrank_rank(m, k * n, m * n), device=device)}
 
 
-def make_step(layer: nn.Module, x: torch.Tensor):
-    """One training step: forward, backward, Adam step, zero_grad."""
+# Where RPP's step has more than one backend on a device, each is measured; the first is the default.
+BACKENDS = {"cpu": ("cpu-fused", "cpu"), "cuda": ("triton",)}
+
+
+def rpp_layers(m: int, n: int, k: int, device: torch.device) -> dict[str, nn.Module]:
+    """An RPPLinear per permutation mode and backend, named "mode/backend"."""
+    layers = {}
+    for permutation in PERMUTATIONS:
+        for backend in BACKENDS.get(device.type, ()) if default_backend(device) != "eager" else ("eager",):
+            layers[f"{permutation}/{backend}"] = RPPLinear(m, n, k, permutation=permutation, device=device)
+            layers[f"{permutation}/{backend}"].backend = backend
+    return layers
+
+
+def make_step(layer: nn.Module, x: torch.Tensor, loss=lambda y: y.square().mean(), compile_mode=None,
+              compile_optimizer=False):
+    """One training step: forward, backward, Adam step, zero_grad; with compile_mode, the layer (forward and
+    backward) through torch.compile in that mode, and with compile_optimizer the Adam step too."""
     optimizer = torch.optim.Adam(layer.parameters(), lr=1e-3)
+    model = layer if compile_mode is None else torch.compile(layer, mode=compile_mode)
+    update = torch.compile(optimizer.step, mode=compile_mode) if compile_optimizer else optimizer.step
+    graphs = compile_mode is not None and "reduce-overhead" in compile_mode  # CUDA graphs: a step per replay
 
     def step():
-        loss = layer(x).square().mean()
-        loss.backward()
-        optimizer.step()
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        loss(model(x)).backward()
+        update()
         optimizer.zero_grad()
 
     return step, optimizer
+
+
+def step_peak_bytes(step, device: torch.device) -> int:
+    """The step's peak memory above its start on the device: the running sum of the profiler's memory events
+    (every allocation and free, in order), at its highest."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities, profile_memory=True) as prof:
+        step()
+    kind = torch.autograd.DeviceType.CUDA if device.type == "cuda" else torch.autograd.DeviceType.CPU
+    # the raw records: prof.events() folds those made inside an op into that op's totals
+    records = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]" and e.device_type() == kind]
+    running = peak = 0
+    for record in sorted(records, key=lambda e: e.start_ns()):
+        running += record.nbytes()
+        peak = max(peak, running)
+    return peak
 
 
 def time_block(step, steps: int, device: torch.device) -> float:
@@ -96,25 +135,49 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=15, help="blocks per layer, interleaved")
     parser.add_argument("--steps", type=int, default=10, help="steps per block")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd layers")
+    parser.add_argument("--compile-mode", default="default", help="torch.compile's mode, e.g. reduce-overhead (CUDA "
+                        "graphs)")
+    parser.add_argument("--compile-optimizer", action="store_true", help="compile the Adam step too")
+    parser.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads); default: torch's")
+    parser.add_argument("--shapes", nargs="+", help="m,n,k of each layer shape (default: " +
+                        " ".join(",".join(map(str, shape)) for shape in SHAPES) + ")")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shapes = [tuple(map(int, shape.split(","))) for shape in args.shapes] if args.shapes else SHAPES
     device = torch.device(args.device)
     torch.manual_seed(0)
 
     print(f"device={device} threads={torch.get_num_threads()} batch={BATCH} torch={torch.__version__}")
-    header = (
-        f"{'m':>5} {'n':>3} {'k':>4} {'permutation':>11} | {'dense ms':>8} {'rpp ms':>7} {'time':>5} | "
-        f"{'persist':>7} {'saved':>5} | {'dense MB':>8} {'rpp MB':>7} {'saved kB':>8}"
-    )
-    print(header)
-    for m, n, k in SHAPES:
+    compiled_what = f"mode {args.compile_mode}" + (", the Adam step too" if args.compile_optimizer else "")
+    print(f"RPP backends: {', '.join(BACKENDS.get(device.type, ('eager',)))} (the first is the default, "
+          f"{default_backend(device)!r} here). time: RPP / dense, median of paired blocks; compiled: both through "
+          f"torch.compile ({compiled_what}); peak: the step's peak bytes above its start (profiler), with the loss "
+          "y.square().mean() and, 'sum', y.sum() (whose backward allocates nothing)")
+    times_header = (f"{'m':>5} {'n':>3} {'k':>4} {'layer':>19} | {'dense ms':>8} {'ms':>6} {'time':>5} | compiled: "
+                    f"{'dense ms':>8} {'ms':>6} {'time':>5}")
+    memory_header = (f"{'m':>5} {'n':>3} {'k':>4} {'layer':>19} | {'peak':>5} {'sum':>5} {'persist':>7} {'saved':>5} | "
+                     f"{'peak MB':>7} {'sum MB':>6} | {'dense MB':>8} {'MB':>6} {'saved kB':>8}")
+    rows = {"times": [], "memory": []}
+    for m, n, k in shapes:
         x = torch.randn(BATCH, m, device=device)  # no grad: a first layer
         layers = {"dense": nn.Linear(m, k * n, device=device)}
-        layers.update({p: RPPLinear(m, n, k, permutation=p, device=device) for p in PERMUTATIONS})
+        layers.update(rpp_layers(m, n, k, device))
         layers.update(budget_matched_layers(m, n, k, device))
         steps = {name: make_step(layer, x) for name, layer in layers.items()}
-        for step, _ in steps.values():  # warm up, and create the Adam state and gradients
+        compiled = {} if args.no_compile else {
+            name: make_step(layer, x, compile_mode=args.compile_mode, compile_optimizer=args.compile_optimizer)
+            for name, layer in layers.items() if name == "dense" or name in BUDGET_MATCHED or name.endswith(
+                "/" + default_backend(device))
+        }  # fmt: skip
+        sum_steps = {name: make_step(layer, x, loss=lambda y: y.sum()) for name, layer in layers.items()}
+        for step, _ in (*steps.values(), *compiled.values(), *sum_steps.values()):  # warm up, compile, Adam state
             for _ in range(3):
                 step()
+        # peaks first, from steps that start, as in training, with no gradients (zero_grad sets them to None)
+        peak = {name: step_peak_bytes(step, device) for name, (step, _) in steps.items()}
+        peak_sum = {name: step_peak_bytes(step, device) for name, (step, _) in sum_steps.items()}
         for layer in layers.values():  # persistent bytes are counted with the gradients present
             layer(x).square().mean().backward()
         memory = {name: persistent_bytes(layers[name], opt) for name, (_, opt) in steps.items()}
@@ -126,20 +189,33 @@ def main():
             print("per step, kernels and their GPU time: " + ", ".join(
                 f"{name} {count:.0f} / {us:.0f} us ({us / work['dense'][1]:.2f}x)" for name, (count, us) in work.items()
             ))  # fmt: skip
-        times = {name: [] for name in layers}
+        timed = {**steps, **{f"compiled {name}": step for name, step in compiled.items()}}
+        times = {name: [] for name in timed}
         for _ in range(args.repeats):  # interleaved blocks: the machine's noise hits all alike
-            for name, (step, _) in steps.items():
+            for name, (step, _) in timed.items():
                 times[name].append(time_block(step, args.steps, device))
-        dense_ms = statistics.median(times["dense"])
-        for name in (*PERMUTATIONS, *BUDGET_MATCHED):
-            rpp_ms = statistics.median(times[name])
+
+        def ratio(name: str, reference: str) -> tuple[float, float]:
             # the ratio of each repeat's two neighbouring blocks, then the median: robust to slow drifts
-            ratio = statistics.median(r / d for r, d in zip(times[name], times["dense"]))
-            print(
-                f"{m:>5} {n:>3} {k:>4} {name:>11} | {dense_ms:>8.2f} {rpp_ms:>7.2f} {ratio:>5.2f} | "
-                f"{memory[name] / memory['dense']:>7.3f} {saved[name] / saved['dense']:>5.2f} | "
-                f"{memory['dense'] / 1e6:>8.2f} {memory[name] / 1e6:>7.2f} {saved[name] / 1e3:>8.1f}"
+            paired = statistics.median(r / d for r, d in zip(times[name], times[reference]))
+            return statistics.median(times[reference]), statistics.median(times[name]), paired
+
+        for name in layers:
+            if name == "dense":
+                continue
+            line = f"{m:>5} {n:>3} {k:>4} {name:>19} | " + "{:>8.2f} {:>6.2f} {:>5.2f}".format(*ratio(name, "dense"))
+            if f"compiled {name}" in times:
+                line += " |           {:>8.2f} {:>6.2f} {:>5.2f}".format(*ratio(f"compiled {name}", "compiled dense"))
+            rows["times"].append(line)
+            rows["memory"].append(
+                f"{m:>5} {n:>3} {k:>4} {name:>19} | {peak[name] / peak['dense']:>5.2f} "
+                f"{peak_sum[name] / peak_sum['dense']:>5.2f} {memory[name] / memory['dense']:>7.3f} "
+                f"{saved[name] / saved['dense']:>5.2f} | {peak[name] / 1e6:>7.2f} {peak_sum[name] / 1e6:>6.2f} | "
+                f"{memory['dense'] / 1e6:>8.2f} {memory[name] / 1e6:>6.2f} {saved[name] / 1e3:>8.1f}"
             )
+        print(f"dense step peak {peak['dense'] / 1e6:.2f} MB, with the sum loss {peak_sum['dense'] / 1e6:.2f} MB")
+    print("\n".join([times_header, *rows["times"], "", memory_header, *rows["memory"]]))
+
 
 if __name__ == "__main__":
     main()

@@ -83,24 +83,43 @@ def test_default_backends_and_bad_names():
         rpp_ops.permuted_weight(torch.randn(M, N), build_index(M, N, K, 0, 0), K, "rows")
 
 
-@pytest.mark.slow
-def test_torch_compile_fullgraph_of_an_rpp_network_equals_eager_in_every_mode():
-    # one network with a layer for every permutation and bias mode: one compilation covers them all
+def every_mode_network(device="cpu") -> torch.nn.Sequential:
+    """A network with an RPP layer for every permutation and bias mode, 12 wide: one compilation covers them all."""
     torch.manual_seed(0)
-    layers, width = [], 12
+    layers = []
     for permutation in PERMUTATIONS:
         for bias in BIAS_MODES:
-            layers += [RPPLinear(width, 3, 4, bias=bias, permutation=permutation, layer=len(layers)), torch.nn.ReLU()]
-    network = torch.nn.Sequential(*layers, torch.nn.Linear(width, 2))
-    x = torch.randn(6, width)  # no gradient: the first layer computes dW only
+            layers += [RPPLinear(12, 3, 4, bias=bias, permutation=permutation, layer=len(layers)), torch.nn.ReLU()]
+    return torch.nn.Sequential(*layers, torch.nn.Linear(12, 2)).to(device)
 
-    def step(model):
-        network.zero_grad(set_to_none=True)
-        y = model(x)
-        y.square().mean().backward()
-        return [y] + [p.grad for p in network.parameters()]
 
-    eager = step(network)
-    compiled = step(torch.compile(network, fullgraph=True))
+def training_step(network, model, x):
+    """y and every parameter's gradient after a backward of y.square().mean(), as copies."""
+    network.zero_grad(set_to_none=True)
+    y = model(x)
+    y.square().mean().backward()
+    return [y.detach().clone()] + [p.grad.clone() for p in network.parameters()]
+
+
+@pytest.mark.slow
+def test_torch_compile_fullgraph_of_an_rpp_network_equals_eager_in_every_mode():
+    network = every_mode_network()
+    x = torch.randn(6, 12)  # no gradient: the first layer computes dW only
+    eager = training_step(network, network, x)
+    compiled = training_step(network, torch.compile(network, fullgraph=True), x)
     for got, want in zip(compiled, eager):
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+
+
+@cuda
+@pytest.mark.slow
+def test_cuda_graphs_of_an_rpp_network_equal_eager_in_every_mode():
+    # torch.compile's reduce-overhead mode records the forward and backward in CUDA graphs, then replays them
+    network = every_mode_network("cuda")
+    x = torch.randn(6, 12, device="cuda")
+    eager = training_step(network, network, x)
+    compiled = torch.compile(network, mode="reduce-overhead", fullgraph=True)
+    for _ in range(3):  # warm-up, recording, replays
+        torch.compiler.cudagraph_mark_step_begin()
+        for got, want in zip(training_step(network, compiled, x), eager):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)

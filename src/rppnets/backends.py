@@ -97,8 +97,8 @@ class Backend:
     def matmul(self, x: torch.Tensor, weight: torch.Tensor, perm: Permutation) -> torch.Tensor:
         """y = x @ W_p (batch, k*n), in x's dtype."""
         weight = weight.to(x.dtype)
-        if perm.kind == "identity":
-            return torch.mm(x, weight).repeat(1, perm.k)
+        if perm.kind == "identity":  # cat, not repeat: below autograd, repeat returns a view, which the op must not
+            return torch.cat([torch.mm(x, weight)] * perm.k, dim=1)
         return torch.mm(x, self.permuted_weight(weight, perm))
 
     def backward(self, grad_y, x, weight, perm: Permutation):

@@ -211,6 +211,20 @@ static void check_permutation(const Permutation& perm, int64_t m, int64_t n) {
   if (!perm.generated) TORCH_CHECK(perm.p.dim() == 2 && perm.p.size(0) == m, "rows: expected (m, k*n)");
 }
 
+// Splits the `blocks` blocks of columns into one contiguous run per thread and calls body(run, first, end) for each,
+// in parallel: one parallel region per op, not one per block, which on a busy machine costs a wait for every
+// thread each time. Inside, ATen's products and the kernels' own loops run on the calling thread. The runs depend
+// only on the thread count, so sums over them, added in run order, are deterministic for a given thread count.
+static int64_t run_count(int64_t blocks) { return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), blocks)); }
+
+template <typename Body>
+static void for_each_run(int64_t blocks, const Body& body) {
+  const int64_t runs = run_count(blocks);
+  at::parallel_for(0, runs, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t run = begin; run < end; ++run) body(run, run * blocks / runs, (run + 1) * blocks / runs);
+  });
+}
+
 // y = x @ W_p (batch, k*n), for x (batch, m) and W (m, n) of one dtype; `block` columns of W_p at a time.
 torch::Tensor fused_matmul(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& p,
                            bool generated, int64_t block) {
@@ -219,32 +233,37 @@ torch::Tensor fused_matmul(const torch::Tensor& x, const torch::Tensor& weight, 
   check_permutation(perm, m, n);
   TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && x.size(1) == m && x.scalar_type() == weight.scalar_type(),
               "x: expected a CPU matrix (batch, m) of W's dtype");
+  TORCH_CHECK(block >= 1, "block: expected at least one column");
   const auto w_contiguous = weight.contiguous();
   auto y = torch::empty({x.size(0), columns}, x.options());
-  auto buffer = torch::empty({m * std::min(block, columns)}, weight.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, weight.scalar_type(), "fused_matmul", [&] {
-    for (int64_t c0 = 0; c0 < columns; c0 += block) {
-      const int64_t width = std::min(block, columns - c0);
-      auto tile = buffer.narrow(0, 0, m * width).view({m, width});
-      make_block(perm, w_contiguous.data_ptr<scalar_t>(), m, n, c0, c0 + width, tile.data_ptr<scalar_t>(), nullptr);
-      auto out = y.narrow(1, c0, width);  // a strided view: the product is written in place
-      at::mm_out(out, x, tile);
-    }
+    for_each_run((columns + block - 1) / block, [&](int64_t, int64_t first, int64_t end) {
+      auto buffer = torch::empty({m * std::min(block, columns)}, weight.options());
+      for (int64_t c0 = first * block; c0 < std::min(end * block, columns); c0 += block) {
+        const int64_t width = std::min(block, columns - c0);
+        auto tile = buffer.narrow(0, 0, m * width).view({m, width});
+        make_block(perm, w_contiguous.data_ptr<scalar_t>(), m, n, c0, c0 + width, tile.data_ptr<scalar_t>(), nullptr);
+        auto out = y.narrow(1, c0, width);  // a strided view: the product is written in place
+        at::mm_out(out, x, tile);
+      }
+    });
   });
   return y;
 }
 
 // The backward of y = x @ W_p for dy (batch, k*n): dx = dy @ W_p^T (batch, m) where W is given, in dy's dtype, and
 // dW (m, n) where x is given, summed in float32 (float64 for double). What is not computed comes back empty.
-// Each block of W_p (and, generated, of P) is made once for both.
+// Each block of W_p (and, generated, of P) is made once for both; each run of blocks sums into its own dx and dW,
+// and those are added in run order.
 std::tuple<torch::Tensor, torch::Tensor> fused_backward(const torch::Tensor& grad_y, const std::optional<torch::Tensor>& x,
                                                         const std::optional<torch::Tensor>& weight,
                                                         const torch::Tensor& p, bool generated, int64_t m, int64_t n,
                                                         int64_t block) {
   const Permutation perm{p, generated};
-  const int64_t columns = perm.columns(), batch = grad_y.size(0), max_width = std::min(block, columns);
+  const int64_t columns = perm.columns(), batch = grad_y.size(0), blocks = (columns + block - 1) / block;
   const bool need_x = weight.has_value(), need_weight = x.has_value();
   check_permutation(perm, m, n);
+  TORCH_CHECK(block >= 1, "block: expected at least one column");
   TORCH_CHECK(grad_y.device().is_cpu() && grad_y.dim() == 2 && grad_y.size(1) == columns, "grad_y: expected (batch, k*n)");
   if (need_x) TORCH_CHECK(weight->sizes() == torch::IntArrayRef({m, n}) && weight->scalar_type() == grad_y.scalar_type(),
                           "weight: expected (m, n) of grad_y's dtype");
@@ -252,37 +271,49 @@ std::tuple<torch::Tensor, torch::Tensor> fused_backward(const torch::Tensor& gra
                                "x: expected (batch, m) of grad_y's dtype");
   const auto options = grad_y.options();
   const auto accumulate = grad_y.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
-  // dx sums k*n/block products: in float32 at least, or bf16 would lose bits at every block
-  auto grad_x = torch::zeros({need_x ? batch : 0, m}, options.dtype(accumulate));
-  auto grad_w = torch::zeros({need_weight ? m : 0, n}, options.dtype(accumulate));
+  // per run: dx sums its blocks' products in float32 at least (in bf16 every block would lose bits), dW its folds
+  std::vector<torch::Tensor> grad_x, grad_w;
+  for (int64_t run = 0; run < run_count(blocks); ++run) {
+    grad_x.push_back(torch::zeros({need_x ? batch : 0, m}, options.dtype(accumulate)));
+    grad_w.push_back(torch::zeros({need_weight ? m : 0, n}, options.dtype(accumulate)));
+  }
   const auto w_contiguous = need_x ? weight->contiguous() : torch::Tensor();
-  auto tiles = torch::empty({need_x ? m * max_width : 0}, options);
-  auto products = torch::empty({need_weight ? m * max_width : 0}, options);
-  auto rows = torch::empty({need_weight && generated ? m * max_width : 0}, options.dtype(torch::kInt32));
+  const auto x_t = need_weight ? x->t() : torch::Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad_y.scalar_type(), "fused_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* w = need_x ? w_contiguous.data_ptr<scalar_t>() : nullptr;
-    for (int64_t c0 = 0; c0 < columns; c0 += block) {
-      const int64_t width = std::min(block, columns - c0);
-      auto tile = tiles.narrow(0, 0, need_x ? m * width : 0).view({need_x ? m : 0, width});
-      int32_t* block_rows = rows.numel() ? rows.data_ptr<int32_t>() : nullptr;
-      make_block(perm, w, m, n, c0, c0 + width, need_x ? tile.data_ptr<scalar_t>() : nullptr, block_rows);
-      const auto dy = grad_y.narrow(1, c0, width);
-      if (need_x) {
-        if (accumulate == grad_y.scalar_type()) grad_x.addmm_(dy, tile.t());
-        else grad_x.add_(at::mm(dy, tile.t()));
+    for_each_run(blocks, [&](int64_t run, int64_t first, int64_t end) {
+      const int64_t max_width = std::min(block, columns);
+      auto tiles = torch::empty({need_x ? m * max_width : 0}, options);
+      auto products = torch::empty({need_weight ? m * max_width : 0}, options);
+      auto rows = torch::empty({need_weight && generated ? m * max_width : 0}, options.dtype(torch::kInt32));
+      auto dx = grad_x[run];
+      acc_t* dw = need_weight ? grad_w[run].data_ptr<acc_t>() : nullptr;
+      for (int64_t c0 = first * block; c0 < std::min(end * block, columns); c0 += block) {
+        const int64_t width = std::min(block, columns - c0);
+        auto tile = tiles.narrow(0, 0, need_x ? m * width : 0).view({need_x ? m : 0, width});
+        int32_t* block_rows = rows.numel() ? rows.data_ptr<int32_t>() : nullptr;
+        make_block(perm, w, m, n, c0, c0 + width, need_x ? tile.data_ptr<scalar_t>() : nullptr, block_rows);
+        const auto dy = grad_y.narrow(1, c0, width);
+        if (need_x) {
+          if (accumulate == grad_y.scalar_type()) dx.addmm_(dy, tile.t());
+          else dx.add_(at::mm(dy, tile.t()));
+        }
+        if (need_weight) {
+          auto product = products.narrow(0, 0, m * width).view({m, width});
+          at::mm_out(product, x_t, dy);  // dW_p[:, c0:c0 + width]
+          const scalar_t* g = product.data_ptr<scalar_t>();
+          if (generated) fold_block(g, block_rows, width, m, n, c0, width, dw);
+          else with_index(p, [&](const auto* index) { fold_block(g, index + c0, columns, m, n, c0, width, dw); });
+        }
       }
-      if (need_weight) {
-        auto product = products.narrow(0, 0, m * width).view({m, width});
-        at::mm_out(product, x->t(), dy);  // dW_p[:, c0:c0 + width]
-        const scalar_t* g = product.data_ptr<scalar_t>();
-        acc_t* dw = grad_w.data_ptr<acc_t>();
-        if (generated) fold_block(g, block_rows, width, m, n, c0, width, dw);
-        else with_index(p, [&](const auto* index) { fold_block(g, index + c0, columns, m, n, c0, width, dw); });
-      }
-    }
+    });
   });
-  return {grad_x.to(grad_y.scalar_type()), grad_w};
+  for (size_t run = 1; run < grad_x.size(); ++run) {  // the runs' sums, added in run order
+    grad_x[0].add_(grad_x[run]);
+    grad_w[0].add_(grad_w[run]);
+  }
+  return {grad_x[0].to(grad_y.scalar_type()), grad_w[0]};
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {

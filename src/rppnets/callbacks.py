@@ -123,6 +123,12 @@ class MemoryStats(RunMetrics):
         if not trainer.sanity_checking:  # the first epoch ended inside the window: keep what it measured
             self._close_meter(trainer)
 
+    def on_exception(self, trainer, pl_module, exception):
+        # a run that fails or stops inside the window must not leave the profiler on (it crashes the process at exit)
+        if self.meter is not None:
+            meter, self.meter = self.meter, None
+            meter.close()
+
     def on_train_end(self, trainer, pl_module):
         self._close_meter(trainer)
         if pl_module.device.type == "cuda":

@@ -41,6 +41,10 @@ class Classifier(pl.LightningModule):
         for stage in STAGES:
             self.metrics[f"{stage}_loss"] = MeanMetric(nan_strategy="disable")  # a NaN batch must show in the mean
             self.metrics[f"{stage}_acc"] = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
+        # The training epoch's running sums go into checkpoints: a run resumed mid-epoch reports the whole
+        # epoch's mean, not the mean of the batches after the resume.
+        self.metrics["train_loss"].persistent(True)
+        self.metrics["train_acc"].persistent(True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

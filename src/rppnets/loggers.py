@@ -20,23 +20,23 @@ ONLINE_TIMEOUT_S = 15
 _online_failed = False  # once the server could not be reached, later jobs of this process go offline at once
 
 
-def build_loggers(logger_cfg: DictConfig, config: dict, wandb_id: str | None = None) -> list:
+def build_loggers(logger_cfg: DictConfig, config: dict, wandb_id: str | None = None, resume: bool = False) -> list:
     """Instantiate each logger in `logger_cfg`; a W&B logger is started now so a failure falls back to offline.
 
-    `wandb_id` continues that W&B run (a resumed job) or names a new one.
+    `wandb_id` names the W&B run; with `resume` the job continues that run (a resumed job).
     """
     loggers = []
     for name, cfg in (logger_cfg or {}).items():
         if cfg is None:
             continue
         if cfg.get("_target_", "").endswith("WandbLogger"):
-            loggers.append(start_wandb(cfg, config, wandb_id))
+            loggers.append(start_wandb(cfg, config, wandb_id, resume))
         else:
             loggers.append(instantiate(cfg))
     return loggers
 
 
-def start_wandb(cfg: DictConfig, config: dict, wandb_id: str | None = None):
+def start_wandb(cfg: DictConfig, config: dict, wandb_id: str | None = None, resume: bool = False):
     """Start the W&B run for this job with the resolved `config`; offline if the online start fails."""
     global _online_failed
     import wandb
@@ -45,7 +45,7 @@ def start_wandb(cfg: DictConfig, config: dict, wandb_id: str | None = None):
     if mode == "online" and _online_failed:
         mode = "offline"
     settings = wandb.Settings(init_timeout=ONLINE_TIMEOUT_S, quiet=True)
-    kwargs = {"config": config, "id": wandb_id, "resume": "allow" if wandb_id else None, "settings": settings}
+    kwargs = {"config": config, "id": wandb_id, "resume": "allow" if resume else None, "settings": settings}
     try:
         logger = instantiate(cfg, mode=mode, _partial_=True)(**kwargs)
         run = logger.experiment
@@ -55,7 +55,7 @@ def start_wandb(cfg: DictConfig, config: dict, wandb_id: str | None = None):
         _online_failed = True
         warnings.warn(f"W&B could not start in mode {mode!r} ({err}); logging offline instead "
                       "(for the rest of this process too).")
-        finish_wandb()
+        wandb.teardown()  # the failed start still holds the run id in W&B's service process
         logger = instantiate(cfg, mode="offline", _partial_=True)(**kwargs)
         run = logger.experiment
     run.define_metric("epoch")

@@ -177,7 +177,7 @@ def _train(cfg: DictConfig, folder: RunFolder, config: dict, this_hash: str, wri
         print(f"{cfg.run_name}: resuming from epoch {progress['epochs_done']} of {cfg.trainer.max_epochs} "
               f"({where}step {progress['global_step']}) with {folder.checkpoint_path}"
               + (f"; {dropped} CSV rows past the checkpoint dropped" if dropped else ""))
-    loggers = build_loggers(cfg.get("logger"), config, wandb_id=wandb_id)
+    loggers = build_loggers(cfg.get("logger"), config, wandb_id=wandb_id, resume=progress is not None)
     started = time.perf_counter()  # after logging is up: a slow W&B start is not training time
     failure: BaseException | None = None
     try:

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -172,7 +173,7 @@ def test_a_failing_job_does_not_stop_the_sweep(fake_root, tmp_path):
     assert [s for s, _ in states.values()].count("finished") == 1  # width 16, lr 1e-3
     assert sum("model.width=0" in error for _, error in states.values()) == 2
     assert sum("DivergenceError" in error for _, error in states.values()) == 1
-    assert "1 finished" in sweep.stdout and "3 failed" in sweep.stdout
+    assert "1 finished" in sweep.stdout and "3 failed" in sweep.stdout and "failed: invalid config" in sweep.stdout
 
 
 @pytest.mark.parametrize("where", ["start", "middle"])
@@ -215,3 +216,18 @@ def test_online_wandb_without_a_server_falls_back_offline_once(fake_root, tmp_pa
         assert list((tmp_path / job / "wandb").glob("offline-run-*"))
     wall_s = json.loads((tmp_path / "a" / "results.json").read_text())["metrics"]["time/wall_s"]
     assert wall_s < took["a"] - 10  # the first job waited about ONLINE_TIMEOUT_S for W&B, outside its wall time
+
+
+@pytest.mark.slow
+def test_checkpoint_folder_lost_mid_run_fails_at_the_next_save(fake_root, tmp_path):
+    run = start(fake_root, tmp_path, *LONG_RUN)
+    checkpoints = tmp_path / "checkpoints"
+    wait_for(checkpoints / "last.ckpt", run)
+    shutil.rmtree(checkpoints)
+    checkpoints.write_text("")  # the next checkpoint cannot be written
+    output = run.communicate(timeout=120)[0]
+    assert run.returncode == 1, output
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["status"] == "failed" and "checkpoints" in results["error"]
+    epochs = {row["epoch"] for row in epoch_rows(tmp_path / "csv" / "metrics.csv")}
+    assert len(epochs) < 5  # stopped at the next epoch's end, not after all 30

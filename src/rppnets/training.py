@@ -45,8 +45,8 @@ def experiment_hash(cfg: DictConfig) -> str:
                        exclude=("model", "network", "paths", "hydra", "skip_finished", "resume"))
 
 
-def run_name(cfg: DictConfig) -> str:
-    """A short name for the run from its model: ``dense-w1000``, ``rpp-w10-k100-nobias``, ``softmax``."""
+def model_name(cfg: DictConfig) -> str:
+    """A short name for the model: ``dense-w1000``, ``rpp-w10-k100-nobias``, ``softmax``."""
     model = cfg.model
     if model.depth == 0:
         name = "softmax"
@@ -56,7 +56,12 @@ def run_name(cfg: DictConfig) -> str:
         name = f"dense-w{model.width}" + ("" if model.bias else "-nobias")
     if model.depth not in (0, 2):
         name += f"-d{model.depth}"
-    return f"{name}-s{cfg.seed}"
+    return name
+
+
+def run_name(cfg: DictConfig) -> str:
+    """The run's name: its model and seed, ``dense-w1000-s0``."""
+    return f"{model_name(cfg)}-s{cfg.seed}"
 
 
 def _build(cfg: DictConfig, key: str, **kwargs):
@@ -168,7 +173,7 @@ def _train(cfg: DictConfig, folder: RunFolder, config: dict, this_hash: str, wri
     # The previous job of a multirun leaves its trainer, data and model in reference cycles: free them now, so
     # this job's peak memory is its own.
     gc.collect()
-    results = {"status": "failed", "network": cfg.get("network") or cfg.run_name.rsplit("-s", 1)[0],
+    results = {"status": "failed", "network": cfg.get("network") or model_name(cfg),
                "seed": cfg.seed, "run_name": cfg.run_name, "group": cfg.get("group"), "config_hash": this_hash,
                "experiment_hash": experiment_hash(cfg), "csv": "csv/metrics.csv", "metrics": {}}
     if progress is not None:

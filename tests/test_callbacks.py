@@ -7,7 +7,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from conftest import compose_train
+from helpers import compose_train
 from rppnets.callbacks import peak_rss_bytes, reset_peak_rss
 from rppnets.classifier import Classifier
 from rppnets.memory import state_breakdown

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from hydra.utils import instantiate
 
-from conftest import CONF_DIR, compose_train
+from helpers import CONF_DIR, compose_train
 
 GROUPS = ("data", "model", "trainer", "logger", "callbacks", "network", "experiment")
 ROOT = Path(__file__).resolve().parents[1]

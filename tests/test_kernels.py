@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import forward_backward
+from helpers import forward_backward
 
 from rppnets import backends, cpu_kernels
 from rppnets.backends import CppBackend, EagerBackend, Permutation, flat_index

@@ -7,7 +7,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from conftest import compose_train
+from helpers import compose_train
 from rppnets import cpu_kernels
 from rppnets.memory import (
     STATE_PARTS, StepPeakMeter, main, measure_training, state_breakdown, state_bytes, sweep_configs,

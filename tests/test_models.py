@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CONF_DIR, compose_train
+from helpers import CONF_DIR, compose_train
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn

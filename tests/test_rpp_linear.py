@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from conftest import forward_backward
+from helpers import forward_backward
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

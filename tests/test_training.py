@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import compose_train
+from helpers import compose_train
 from omegaconf import OmegaConf
 from rppnets.training import ConfigError, config_hash, train
 

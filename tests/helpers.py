@@ -1,0 +1,39 @@
+"""Helpers the tests import: the real configs composed and shrunk, IDX files written like the official ones, and a
+forward-backward pass of a layer. Fixtures stay in conftest.py; this module holds plain functions."""
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+from hydra import compose, initialize_config_dir
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write `array` (uint8) in the IDX format of the official files, gzipped."""
+    magic = 0x0800 | array.ndim  # 0x08: unsigned byte data
+    with gzip.open(path, "wb") as f:
+        f.write(struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes())
+
+
+def compose_train(overrides=(), output_dir=None, fake_root=None):
+    """The real `train` config as a user would get it, shrunk to a quick CPU run on the fake data."""
+    quick = []
+    if fake_root is not None:
+        quick += [f"data.root={fake_root}", "data.system_dir=null", "data.download=false", "data.verify_md5=false",
+                  "data.val_size=32", "data.batch_size=32", "data.eval_batch_size=64",
+                  "trainer.max_epochs=1", "trainer.accelerator=cpu", "~callbacks.progress_bar"]
+    if output_dir is not None:
+        quick.append(f"paths.output_dir={output_dir}")
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("train", overrides=quick + list(overrides))
+
+
+def forward_backward(layer, x):
+    """y = layer(x) and, after a backward of y.square().mean() from cleared gradients, those of x, W and b."""
+    x.grad = layer.weight.grad = layer.bias.grad = None
+    y = layer(x)
+    y.square().mean().backward()
+    return y, x.grad, layer.weight.grad, layer.bias.grad

@@ -1,16 +1,17 @@
 """The Fashion-MNIST data module: where files are found, how they are checked, how batches are served."""
 
+import gzip
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from rppnets.data import (SYSTEM_DIR, CorruptDataError, DataNotFoundError, FashionMNISTDataModule, InMemoryBatches,
-                          ensure_fashion_mnist)
-
-FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
-         "t10k-labels-idx1-ubyte.gz")
+from helpers import compose_train
+from rppnets import data
+from rppnets.data import (FILES, SYSTEM_DIR, CorruptDataError, DataNotFoundError, FashionMNISTDataModule,
+                          InMemoryBatches, find_fashion_mnist, load_split)
+from rppnets.training import ConfigError, train
 
 
 def copy_raw(fake_root: Path, dest: Path) -> Path:
@@ -20,38 +21,86 @@ def copy_raw(fake_root: Path, dest: Path) -> Path:
     return dest
 
 
-def test_files_in_root_are_used_and_extracted(fake_root, tmp_path):
-    raw = copy_raw(fake_root, tmp_path / "FashionMNIST" / "raw")
-    assert ensure_fashion_mnist(tmp_path, system_dir=None, download=False, verify_md5=False) == raw
-    assert (raw / "train-images-idx3-ubyte").is_file()
+def files_below(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
 
 
-def test_system_copy_is_the_second_source(fake_root, tmp_path):
+def test_files_are_read_in_place_from_root_in_either_layout(fake_root, tmp_path):
+    flat = copy_raw(fake_root, tmp_path / "flat")
+    for root, folder in ((flat, flat), (fake_root, fake_root / "FashionMNIST" / "raw")):
+        before = files_below(root)
+        source = find_fashion_mnist(root, system_dir=None, download=False)
+        assert (source.folder, source.origin) == (folder, "data.root")
+        x, y = load_split(source.folder, train=True, verify_md5=False)
+        assert x.shape == (256, 784) and y.shape == (256,) and y.dtype == torch.int64
+        assert files_below(root) == before  # nothing unpacked or copied next to the .gz files
+
+
+def test_without_root_data_then_the_system_folder(fake_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # data/ is relative to where the run starts
     system = copy_raw(fake_root, tmp_path / "system")
-    raw = ensure_fashion_mnist(tmp_path / "data", system_dir=system, download=False, verify_md5=False)
-    assert sorted(p.name for p in raw.glob("*.gz")) == sorted(FILES)
+    source = find_fashion_mnist(None, system_dir=system, download=False)
+    assert (source.folder, source.origin) == (system, "Debian's package")
+    assert not (tmp_path / "data").exists()  # read where it is: no copy
+    shutil.copytree(fake_root, tmp_path / "data")
+    assert find_fashion_mnist(None, system_dir=system, download=False).origin == "data/"
 
 
-def test_missing_everywhere_names_all_three_ways(tmp_path):
+def test_explicit_root_that_is_missing_is_an_error_naming_the_ways(fake_root, tmp_path):
+    system = copy_raw(fake_root, tmp_path / "system")  # present, but an explicit root is the only place looked in
     with pytest.raises(DataNotFoundError) as err:
-        ensure_fashion_mnist(tmp_path, system_dir=tmp_path / "nowhere", download=False)
+        find_fashion_mnist(tmp_path / "nonexistent", system_dir=system, download=False)
     message = str(err.value)
-    assert "FashionMNIST/raw" in message and "apt-get install dataset-fashion-mnist" in message
-    assert "data.download=true" in message
+    assert message.startswith(f"root='{tmp_path / 'nonexistent'}' does not exist")
+    assert "apt-get install dataset-fashion-mnist" in message and "data.download=true" in message
+    assert "make data" in message and "FashionMNIST/raw" in message
+    assert not (tmp_path / "nonexistent").exists()
+    assert find_fashion_mnist(tmp_path / "nonexistent", system_dir=system, download=True) is None  # asked for
 
 
-def test_files_that_are_not_the_official_ones_are_named(fake_root, tmp_path):
-    copy_raw(fake_root, tmp_path / "FashionMNIST" / "raw")
-    with pytest.raises(CorruptDataError, match="train-images-idx3-ubyte .*is corrupt: MD5"):
-        ensure_fashion_mnist(tmp_path, system_dir=None, download=False, verify_md5=True)
+def test_missing_everywhere_names_all_three_ways(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataNotFoundError, match="root=None: the Fashion-MNIST files are neither in data nor in"):
+        find_fashion_mnist(None, system_dir=tmp_path / "nowhere", download=False)
+
+
+def test_download_goes_into_root_and_leaves_no_part_on_failure(fake_root, tmp_path, monkeypatch):
+    def fake_download(url, root, filename, md5):
+        name = url.rsplit("/", 1)[1]
+        if name.startswith("t10k-labels"):
+            (Path(root) / filename).write_bytes(b"half a file")
+            raise RuntimeError("connection reset")
+        shutil.copy(fake_root / "FashionMNIST" / "raw" / name, Path(root) / filename)
+
+    monkeypatch.setattr("torchvision.datasets.utils.download_url", fake_download)
+    with pytest.raises(DataNotFoundError, match="downloading t10k-labels-idx1-ubyte.gz failed .*connection reset"):
+        data.download_fashion_mnist(tmp_path / "root")
+    raw = tmp_path / "root" / "FashionMNIST" / "raw"
+    assert sorted(p.name for p in raw.iterdir()) == sorted(set(FILES) - {"t10k-labels-idx1-ubyte.gz"})
+
+
+def test_files_that_are_not_the_official_ones_are_named(fake_root):
+    with pytest.raises(CorruptDataError, match="train-images-idx3-ubyte.gz is corrupt: MD5"):
+        load_split(fake_root / "FashionMNIST" / "raw", train=True, verify_md5=True)
 
 
 def test_truncated_archive_is_named(fake_root, tmp_path):
     raw = copy_raw(fake_root, tmp_path / "FashionMNIST" / "raw")
-    data = (raw / "t10k-labels-idx1-ubyte.gz").read_bytes()
-    (raw / "t10k-labels-idx1-ubyte.gz").write_bytes(data[: len(data) // 2])
+    content = (raw / "t10k-labels-idx1-ubyte.gz").read_bytes()
+    (raw / "t10k-labels-idx1-ubyte.gz").write_bytes(content[: len(content) // 2])
     with pytest.raises(CorruptDataError, match="t10k-labels-idx1-ubyte.gz is corrupt"):
-        ensure_fashion_mnist(tmp_path, system_dir=None, download=False, verify_md5=False)
+        load_split(raw, train=False, verify_md5=False)
+    assert sorted(p.name for p in raw.iterdir()) == sorted(FILES)  # no partial file left
+
+
+def test_idx_file_with_too_few_values_is_named(fake_root, tmp_path):
+    raw = copy_raw(fake_root, tmp_path / "FashionMNIST" / "raw")
+    with gzip.open(raw / "train-labels-idx1-ubyte.gz", "rb") as f:
+        content = f.read()
+    with gzip.open(raw / "train-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(content[:-3])
+    with pytest.raises(CorruptDataError, match="train-labels-idx1-ubyte.gz is corrupt: 253 values"):
+        load_split(raw, train=True, verify_md5=False)
 
 
 def test_root_that_is_a_file_is_rejected(tmp_path):
@@ -60,10 +109,19 @@ def test_root_that_is_a_file_is_rejected(tmp_path):
         FashionMNISTDataModule(root=str(tmp_path / "file"))
 
 
+def test_one_line_names_the_source_and_the_check(fake_root, capsys):
+    dm = FashionMNISTDataModule(root=str(fake_root), val_size=32, system_dir=None, verify_md5=False)
+    dm.prepare_data()
+    dm.setup()
+    dm.setup()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [f"Data: Fashion-MNIST from data.root ({fake_root / 'FashionMNIST' / 'raw'}), MD5 check off "
+                     "(data.verify_md5=false); 224 training, 32 validation, 64 test images"]
+
+
 def test_split_is_seeded_and_disjoint(fake_root):
     def split(seed):
-        dm = FashionMNISTDataModule(root=str(fake_root), val_size=32, seed=seed, system_dir=None,
-                                    download=False, verify_md5=False)
+        dm = FashionMNISTDataModule(root=str(fake_root), val_size=32, seed=seed, system_dir=None, verify_md5=False)
         dm.prepare_data()
         dm.setup()
         return dm
@@ -91,9 +149,18 @@ def test_batches_cover_each_sample_once_in_a_seeded_order():
 @pytest.mark.real_data
 @pytest.mark.skipif(not Path(SYSTEM_DIR).is_dir(), reason=f"real Fashion-MNIST not installed in {SYSTEM_DIR} "
                     "(apt-get install dataset-fashion-mnist)")
-def test_real_fashion_mnist(tmp_path):
-    dm = FashionMNISTDataModule(root=str(tmp_path), val_size=5000, download=False)
-    dm.prepare_data()  # copies from the Debian folder and checks the official MD5 sums
-    dm.setup()
+def test_real_fashion_mnist(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no data/ here: Debian's files, read in place
+    dm = FashionMNISTDataModule(val_size=5000)
+    dm.prepare_data()
+    dm.setup()  # checks the official MD5 sums
+    assert dm.source.folder == Path(SYSTEM_DIR) and not (tmp_path / "data").exists()
     assert dm.x_train.shape == (55_000, 784) and dm.x_val.shape == (5000, 784) and dm.x_test.shape == (10_000, 784)
     assert torch.bincount(dm.y_test).tolist() == [1000] * 10
+
+
+def test_a_run_with_a_missing_data_root_stops_before_training(tmp_path):
+    cfg = compose_train([f"data.root={tmp_path / 'nonexistent'}"], output_dir=tmp_path / "run")
+    with pytest.raises(ConfigError, match="data.root='.*nonexistent' does not exist, and no download was asked"):
+        train(cfg)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "nonexistent").exists()

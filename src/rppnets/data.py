@@ -1,96 +1,163 @@
-"""Fashion-MNIST as in-memory tensors on the training device, served in shuffled batches by index."""
+"""Fashion-MNIST as in-memory tensors on the training device, served in shuffled batches by index.
 
+The four official files are read where they lie, still gzipped (nothing is copied or unpacked), and their contents
+are checked against the official MD5 sums. Where they are looked for: `data.root` when it is set, and nowhere else;
+otherwise the project's data/ folder, then Debian's package folder. They are downloaded only when asked.
+"""
+
+import argparse
+import gzip
 import hashlib
-import shutil
+import math
+import struct
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
-from torchvision.datasets import FashionMNIST
-from torchvision.datasets.utils import extract_archive
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from rppnets.checks import check_int
 
+DEFAULT_ROOT = "data"  # used when data.root is not set: looked in first, and where a download goes
 SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"  # where Debian's dataset-fashion-mnist package puts the files
 TRAIN_SIZE = 60_000
-# Official MD5 sums of the four uncompressed files. Checked after extraction rather than on the .gz files,
-# because repackagers (Debian among them) recompress the archives: different .gz bytes, same data.
+# Official MD5 sums of the four uncompressed files. Checked on the contents rather than on the .gz files, because
+# repackagers (Debian among them) recompress the archives: different .gz bytes, same data.
 CONTENT_MD5 = {
     "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
     "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
     "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
     "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
 }
+FILES = tuple(f"{name}.gz" for name in CONTENT_MD5)
+WAYS = (
+    "Get the files in one of three ways:\n"
+    "  1. Debian/Ubuntu: `apt-get install dataset-fashion-mnist` (read in place from {system}, with data.root unset);\n"
+    "  2. download them: `make data` (into data/), or data.download=true (into data.root, or data/ when unset);\n"
+    "  3. put the four official .gz files ({files}) into a folder, directly or in FashionMNIST/raw/, and set "
+    "data.root to it."
+).format(system=SYSTEM_DIR, files=", ".join(FILES))
 
 
-class DataNotFoundError(FileNotFoundError):
-    """None of the three sources of the Fashion-MNIST files worked."""
+class DataNotFoundError(ValueError):
+    """The Fashion-MNIST files are not where the data module was told to look, and no download was asked for."""
 
 
 class CorruptDataError(ValueError):
     """A Fashion-MNIST file exists but is not the official one."""
 
 
-def md5sum(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+@dataclass(frozen=True)
+class Source:
+    """Where the four files were found: their `folder` and, for the console, what that folder is."""
+
+    folder: Path
+    origin: str  # "data.root", "data/", "Debian's package" or "a download"
+
+    def describe(self) -> str:
+        return f"{self.origin} ({self.folder.absolute()})"
 
 
-def ensure_fashion_mnist(root: Path, system_dir: Path | None, download: bool, verify_md5: bool = True) -> Path:
-    """Make sure the four official files are in `root`/FashionMNIST/raw, extracted; return that folder.
+def folder_with_files(folder: Path) -> Path | None:
+    """`folder` or its FashionMNIST/raw/ (torchvision's layout), whichever holds all four .gz files."""
+    for candidate in (folder, folder / "FashionMNIST" / "raw"):
+        if all((candidate / name).is_file() for name in FILES):
+            return candidate
+    return None
 
-    Sources, in order: `root` itself, the Debian package's `system_dir`, torchvision's download.
+
+def find_fashion_mnist(root: str | Path | None, system_dir: str | Path | None, download: bool) -> Source | None:
+    """Where to read the files from; None when they are missing and `download` asks for them.
+
+    An explicit `root` is the only place looked in. Without one: data/, then Debian's `system_dir`.
+    Raises DataNotFoundError (its message starts with ``root=``) naming the ways to get the files.
     """
-    raw = root / "FashionMNIST" / "raw"
-    resources = FashionMNIST.resources  # (file name, MD5) of the four .gz files
-    missing = [name for name, _ in resources if not (raw / name).is_file()]
-    reason = ""
-    if missing and system_dir is not None and all((system_dir / name).is_file() for name in missing):
-        raw.mkdir(parents=True, exist_ok=True)
-        for name in missing:
-            shutil.copyfile(system_dir / name, raw / name)
-        missing = []
-    if missing and download:
-        try:
-            FashionMNIST(root, train=True, download=True)
-            missing = []
-        except Exception as err:  # no network, a proxy, a mirror down: fall through to the one message
-            reason = f" (download failed: {err})"
-    if missing:
-        raise DataNotFoundError(
-            f"Fashion-MNIST files not found: {', '.join(missing)} in {raw}{reason}. Get them in one of three ways:\n"
-            f"  1. put the four official .gz files into {raw} (or set data.root to a folder holding FashionMNIST/raw);\n"
-            f"  2. on Debian/Ubuntu: `apt-get install dataset-fashion-mnist` (installs them in {SYSTEM_DIR});\n"
-            f"  3. allow torchvision to download them: data.download=true with network access."
-        )
-    for name, _ in resources:
-        extracted = raw / name.removesuffix(".gz")
-        if not extracted.is_file():
+    if root is not None:
+        root = Path(root)
+        if root.exists() and not root.is_dir():
+            raise DataNotFoundError(f"root={str(root)!r} is invalid; allowed: a folder holding the four files")
+        if (folder := folder_with_files(root)) is not None:
+            return Source(folder, "data.root")
+        if download:
+            return None
+        where = "does not exist" if not root.exists() else "holds no Fashion-MNIST files (nor its FashionMNIST/raw/)"
+        raise DataNotFoundError(f"root={str(root)!r} {where}, and no download was asked for. {WAYS}")
+    places = [(Path(DEFAULT_ROOT), "data/")] + ([(Path(system_dir), "Debian's package")] if system_dir else [])
+    for place, origin in places:
+        if (folder := folder_with_files(place)) is not None:
+            return Source(folder, origin)
+    if download:
+        return None
+    looked = " nor in ".join(str(place) for place, _ in places)
+    raise DataNotFoundError(f"root=None: the Fashion-MNIST files are neither in {looked}. {WAYS}")
+
+
+def download_fashion_mnist(root: str | Path | None) -> Source:
+    """Download the four official .gz files into `root`/FashionMNIST/raw/ (data/ when None), each checked against
+    its official MD5 on arrival; a file is named only once complete, so an interrupted download leaves no part."""
+    from torchvision.datasets import FashionMNIST
+    from torchvision.datasets.utils import download_url
+
+    raw = Path(root if root is not None else DEFAULT_ROOT) / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for name, gz_md5 in FashionMNIST.resources:
+        if (raw / name).is_file():
+            continue
+        part, errors = raw / f"{name}.part", []
+        for mirror in FashionMNIST.mirrors:
             try:
-                extract_archive(str(raw / name), str(raw))
-            except (OSError, EOFError, zlib.error) as err:  # any damage to the archive: name it, leave no part
-                extracted.unlink(missing_ok=True)
-                raise CorruptDataError(f"{raw / name} is corrupt: {err}. Delete it and rerun.") from err
-        if verify_md5 and (actual := md5sum(extracted)) != CONTENT_MD5[extracted.name]:
-            raise CorruptDataError(
-                f"{extracted} (from {name}) is corrupt: MD5 {actual}, expected the official "
-                f"{CONTENT_MD5[extracted.name]}. Delete both files and rerun."
-            )
-    return raw
+                download_url(mirror + name, str(raw), filename=part.name, md5=gz_md5)
+                part.replace(raw / name)
+                break
+            except Exception as err:  # no network, a proxy, a mirror down: try the next, then one message
+                errors.append(f"{mirror}{name}: {err}")
+                part.unlink(missing_ok=True)
+        else:
+            raise DataNotFoundError(f"root={str(root)!r}: downloading {name} failed ({'; '.join(errors)}). {WAYS}")
+    return Source(raw, "a download")
 
 
-def load_split(root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images as float32 in [0, 1] of shape (N, 784) and int64 labels, read with torchvision's parser."""
+def read_idx(path: Path, verify_md5: bool = True) -> torch.Tensor:
+    """The uint8 array in one gzipped IDX file, read in place, its uncompressed content checked against the MD5."""
+    name = path.name.removesuffix(".gz")
+    fix = "Replace it (reinstall the package, or delete it and run `make data`)."
     try:
-        dataset = FashionMNIST(root, train=train)
-    except Exception as err:
-        prefix = "train" if train else "t10k"
-        raise CorruptDataError(f"cannot read {root / 'FashionMNIST/raw'}/{prefix}-*-ubyte: {err}") from err
-    return dataset.data.reshape(len(dataset.data), -1).float().div_(255), dataset.targets.long()
+        with gzip.open(path, "rb") as f:
+            content = f.read()
+    except (OSError, EOFError, zlib.error) as err:  # any damage to the archive (BadGzipFile is an OSError)
+        raise CorruptDataError(f"{path} is corrupt: {err}. {fix}") from err
+    if verify_md5 and (actual := hashlib.md5(content).hexdigest()) != CONTENT_MD5[name]:
+        raise CorruptDataError(f"{path} is corrupt: MD5 of its content {actual}, expected the official "
+                               f"{CONTENT_MD5[name]}. {fix}")
+    # IDX: two zero bytes, the type (0x08: unsigned byte), the number of dimensions, each dimension as a big-endian
+    # uint32, then the data
+    if len(content) < 4 or content[:3] != b"\x00\x00\x08":
+        raise CorruptDataError(f"{path} is corrupt: not an IDX file of unsigned bytes. {fix}")
+    header = 4 + 4 * content[3]
+    shape = struct.unpack(f">{content[3]}I", content[4:header])
+    data = np.frombuffer(content, dtype=np.uint8, offset=header)
+    if data.size != math.prod(shape):
+        raise CorruptDataError(f"{path} is corrupt: {data.size} values for the shape {shape}. {fix}")
+    return torch.from_numpy(data.reshape(shape).copy())
+
+
+def load_split(folder: Path, train: bool, verify_md5: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images as float32 in [0, 1] of shape (N, 784) and int64 labels, from the .gz files in `folder`."""
+    prefix = "train" if train else "t10k"
+    images = read_idx(folder / f"{prefix}-images-idx3-ubyte.gz", verify_md5)  # (N, 28, 28)
+    labels = read_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", verify_md5)  # (N,)
+    if len(images) != len(labels):
+        raise CorruptDataError(f"{folder}: {len(images)} {prefix} images but {len(labels)} labels")
+    return images.reshape(len(images), -1).float().div_(255), labels.long()
+
+
+@rank_zero_only
+def announce(line: str) -> None:
+    """The run's one line about its data (once, not once per process under DDP)."""
+    print(line)
 
 
 class InMemoryBatches:
@@ -151,24 +218,26 @@ class FashionMNISTDataModule(pl.LightningDataModule):
     """Fashion-MNIST: a seeded validation split carved from the training set; the official test set for testing.
 
     Args:
-        root: folder holding (or receiving) FashionMNIST/raw/*.gz.
+        root: the folder holding the four .gz files (directly or in FashionMNIST/raw/), and the only place looked
+            in; None: data/ if it holds them, else `system_dir`.
         batch_size: training batch size.
         val_size: training images held out for validation (0: no validation).
         train_size: use only the first `train_size` remaining training images (None: all), for quick runs.
         eval_batch_size: batch size for validation and test.
         seed: seeds the validation split and the shuffling.
-        system_dir: the Debian package's folder, the second place to look; None to skip it.
-        download: whether torchvision may download the files as a last resort.
-        verify_md5: check the uncompressed files against the official MD5 sums.
+        system_dir: the Debian package's folder, read in place when `root` is None; None to skip it.
+        download: download the files into `root` (data/ when None) if they are not found.
+        verify_md5: check the uncompressed contents against the official MD5 sums.
+
+    Raises DataNotFoundError (a ValueError) when built, before anything runs, if the files are not found and no
+    download was asked for.
     """
 
-    def __init__(self, root: str = "data", batch_size: int = 128, val_size: int = 5000, train_size: int | None = None,
-                 eval_batch_size: int = 1000, seed: int = 0, system_dir: str | None = SYSTEM_DIR,
-                 download: bool = True, verify_md5: bool = True):
+    def __init__(self, root: str | None = None, batch_size: int = 128, val_size: int = 5000,
+                 train_size: int | None = None, eval_batch_size: int = 1000, seed: int = 0,
+                 system_dir: str | None = SYSTEM_DIR, download: bool = False, verify_md5: bool = True):
         super().__init__()
-        self.root = Path(root)
-        if self.root.exists() and not self.root.is_dir():
-            raise ValueError(f"root={str(root)!r} is invalid; allowed: a folder (or a path to create one)")
+        self.root = None if root is None else Path(root)
         self.batch_size = check_int("batch_size", batch_size, 1)
         self.eval_batch_size = check_int("eval_batch_size", eval_batch_size, 1)
         self.val_size = check_int("val_size", val_size, 0, TRAIN_SIZE - 1)
@@ -176,22 +245,29 @@ class FashionMNISTDataModule(pl.LightningDataModule):
         self.seed = check_int("seed", seed, 0)
         self.system_dir = Path(system_dir) if system_dir else None
         self.download, self.verify_md5 = download, verify_md5
+        self.source = find_fashion_mnist(self.root, self.system_dir, download)  # None: to be downloaded
         self.shuffle_generator = torch.Generator().manual_seed(self.seed)  # the training order, epoch after epoch
 
     def prepare_data(self):
-        ensure_fashion_mnist(self.root, self.system_dir, self.download, self.verify_md5)
+        if self.source is None:
+            self.source = download_fashion_mnist(self.root)
 
     def setup(self, stage: str | None = None):
         if hasattr(self, "x_train"):
             return
+        if self.source is None:  # another process downloaded the files (prepare_data runs on one per node)
+            self.source = find_fashion_mnist(self.root, self.system_dir, download=False)
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-        x, y = load_split(self.root, train=True)
+        x, y = load_split(self.source.folder, train=True, verify_md5=self.verify_md5)
         order = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.seed))
         val, train = order[: self.val_size], order[self.val_size :][: self.train_size]
         self.x_train, self.y_train = x[train].to(device), y[train].to(device)
         self.x_val, self.y_val = x[val].to(device), y[val].to(device)
-        x_test, y_test = load_split(self.root, train=False)
+        x_test, y_test = load_split(self.source.folder, train=False, verify_md5=self.verify_md5)
         self.x_test, self.y_test = x_test.to(device), y_test.to(device)
+        checked = "official MD5 sums checked" if self.verify_md5 else "MD5 check off (data.verify_md5=false)"
+        announce(f"Data: Fashion-MNIST from {self.source.describe()}, {checked}; {len(self.x_train):,} training, "
+                 f"{len(self.x_val):,} validation, {len(self.x_test):,} test images")
 
     def train_dataloader(self):
         world_size = self.trainer.world_size if self.trainer is not None else 1
@@ -213,9 +289,17 @@ class FashionMNISTDataModule(pl.LightningDataModule):
         return InMemoryBatches(self.x_test, self.y_test, self.eval_batch_size, shuffle=False)
 
 
-if __name__ == "__main__":
-    # `python -m rppnets.data [root]`: fetch and verify the files once, e.g. before a sweep (`make data`).
-    import sys
+def main(argv: list[str] | None = None) -> None:
+    """`python -m rppnets.data [--root DIR]` (`make data`): find the files, download them only if they are
+    nowhere, and check all four against the official MD5 sums, once, before a sweep."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--root", default=None, help="a folder to use instead of data/ and Debian's package folder")
+    args = parser.parse_args(argv)
+    source = find_fashion_mnist(args.root, SYSTEM_DIR, download=True) or download_fashion_mnist(args.root)
+    for train in (True, False):
+        load_split(source.folder, train)
+    print(f"Fashion-MNIST: the four official files are in {source.describe()}, MD5 sums checked")
 
-    folder = ensure_fashion_mnist(Path(sys.argv[1] if len(sys.argv) > 1 else "data"), Path(SYSTEM_DIR), download=True)
-    print(f"Fashion-MNIST verified in {folder}")
+
+if __name__ == "__main__":
+    main()

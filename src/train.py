@@ -11,6 +11,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from rppnets.checkpointing import Preempted, requeue_slurm_job
+from rppnets.console import silence_known_noise
 from rppnets.run_folder import RESULTS, RunFolder
 from rppnets.sweep import job_dirname  # noqa: F401  (registers the job folder name resolver)
 from rppnets.training import ConfigError, train
@@ -21,6 +22,7 @@ FAILED, INVALID = 1, 2
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    silence_known_noise()  # here, not at import: a launcher's worker process runs only this function
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         metrics = train(cfg)

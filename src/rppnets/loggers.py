@@ -44,10 +44,12 @@ def start_wandb(cfg: DictConfig, config: dict, wandb_id: str | None = None, resu
     mode = cfg.get("mode") or os.environ.get("WANDB_MODE") or "offline"
     if mode == "online" and _online_failed:
         mode = "offline"
-    settings = wandb.Settings(init_timeout=ONLINE_TIMEOUT_S, quiet=True)
+    # Offline, W&B has nothing to say that the run's own summary (its W&B folder, how to view and sync it) does not;
+    # online it prints the run's URL.
+    settings = wandb.Settings(init_timeout=ONLINE_TIMEOUT_S, quiet=True, silent=mode == "offline")
     kwargs = {"config": config, "id": wandb_id, "resume": "allow" if resume else None, "settings": settings}
     try:
-        logger = instantiate(cfg, mode=mode, _partial_=True)(**kwargs)
+        logger = _without_anonymous(instantiate(cfg, mode=mode, _partial_=True)(**kwargs))
         run = logger.experiment
     except Exception as err:  # no account, no network: keep training, upload later with `wandb sync`
         if mode == "offline":
@@ -56,11 +58,17 @@ def start_wandb(cfg: DictConfig, config: dict, wandb_id: str | None = None, resu
         warnings.warn(f"W&B could not start in mode {mode!r} ({err}); logging offline instead "
                       "(for the rest of this process too).")
         wandb.teardown()  # the failed start still holds the run id in W&B's service process
-        logger = instantiate(cfg, mode="offline", _partial_=True)(**kwargs)
+        logger = _without_anonymous(instantiate(cfg, mode="offline", _partial_=True)(**kwargs))
         run = logger.experiment
     run.define_metric("epoch")
     for pattern in EPOCH_METRICS:
         run.define_metric(pattern, step_metric="epoch")
+    return logger
+
+
+def _without_anonymous(logger):
+    """Lightning passes W&B `anonymous=None`, which W&B 0.31 ignores with a warning on every run; leave it out."""
+    logger._wandb_init.pop("anonymous", None)
     return logger
 
 

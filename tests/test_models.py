@@ -102,11 +102,20 @@ def test_formulas_agree_with_the_built_networks(kind, bias, k, depth):
         assert count_trainable(net) == rpp_trainable(k, 6, depth, 20, 4, bias)
 
 
+@pytest.mark.parametrize("kind", ["dense", "dense_matched", "rpp", "hashed", "lowrank"])
+def test_bias_is_full_or_none_for_every_kind_and_booleans_map_to_them(kind):
+    def biases(bias):
+        return [layer.bias is not None for layer in MLP(kind=kind, width=4, k=3, bias=bias) if hasattr(layer, "bias")]
+
+    assert biases("full") == biases(True) == [True, True, True]
+    assert biases("none") == biases(False) == [False, False, True]  # the output layer always has one
+
+
 @pytest.mark.parametrize("kwargs, name", [
     ({"kind": "hash"}, "kind"),
     ({"kind": "hashed", "bias": "reuse"}, "bias"),
-    ({"kind": "lowrank", "bias": True}, "bias"),
-    ({"kind": "dense_matched", "bias": "full"}, "bias"),
+    ({"kind": "dense", "bias": "reuse"}, "bias"),
+    ({"kind": "dense_matched", "bias": "yes"}, "bias"),
     ({"kind": "lowrank", "k": 0}, "k"),
     ({"width": 0}, "width"),
 ])

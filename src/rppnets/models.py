@@ -5,6 +5,7 @@ from torch import nn
 from rppnets.checks import check_choice, check_int
 
 KINDS = ("dense", "rpp", "hashed", "lowrank", "dense_matched")
+BOOLEAN_BIAS = {True: "full", False: "none"}  # also accepted: true/false as older dense configs wrote them
 
 
 class MLP(nn.Sequential):
@@ -25,8 +26,9 @@ class MLP(nn.Sequential):
         kind: one of ``"dense"``, ``"rpp"``, ``"hashed"``, ``"lowrank"``, ``"dense_matched"``.
         width: the hidden width m (see above).
         depth: number of hidden layers; 0 gives multinomial logistic regression.
-        bias: dense and dense_matched: ``True``/``False``; RPP: ``"full"``, ``"reuse"`` or ``"none"``; hashed
-            and low-rank: ``"full"`` or ``"none"``. The output layer always has a bias.
+        bias: biases of the hidden layers: ``"full"`` (one per output) or ``"none"``, for every kind; RPP also
+            ``"reuse"`` (see ``RPPLinear``). ``True``/``False`` mean ``"full"``/``"none"``. The output layer always
+            has a bias.
         k: widening factor of rpp, hashed, lowrank and dense_matched (ignored for dense).
         permutation: RPP permutation source (see ``RPPLinear``).
         seed: RPP permutation and hash seed; hidden layer l uses (seed, layer=l).
@@ -38,7 +40,7 @@ class MLP(nn.Sequential):
         torch.Size([5, 10])
     """
 
-    def __init__(self, kind: str = "dense", width: int = 1000, depth: int = 2, bias=True, k: int = 1,
+    def __init__(self, kind: str = "dense", width: int = 1000, depth: int = 2, bias: str = "full", k: int = 1,
                  permutation: str = "stored", seed: int = 0, in_features: int = 784, num_classes: int = 10):
         kind = check_choice("kind", kind, KINDS)
         width = check_int("width", width, 1)
@@ -46,10 +48,11 @@ class MLP(nn.Sequential):
         k = check_int("k", k, 1)
         in_features = check_int("in_features", in_features, 1)
         num_classes = check_int("num_classes", num_classes, 1)
+        bias = BOOLEAN_BIAS[bias] if isinstance(bias, bool) else bias
         if kind in ("dense", "dense_matched"):
-            check_choice("bias", bias, (True, False))
+            check_choice("bias", bias, ("full", "none"))
         if kind == "dense_matched" and depth > 0:
-            kind, width = "dense", matched_dense_width(k, width, depth, in_features, num_classes, bias)
+            kind, width = "dense", matched_dense_width(k, width, depth, in_features, num_classes, bias == "full")
         layers: list[nn.Module] = [nn.Flatten()]
         fan_in = in_features
         for layer in range(depth):
@@ -63,7 +66,7 @@ class MLP(nn.Sequential):
 def _hidden_layer(kind, fan_in, width, k, bias, permutation, seed, layer) -> nn.Module:
     # imported here: plain-PyTorch users of dense MLPs never need the other layers
     if kind in ("dense", "dense_matched"):
-        return nn.Linear(fan_in, width, bias=bias)
+        return nn.Linear(fan_in, width, bias=bias == "full")
     if kind == "rpp":
         from rppnets.rpp_linear import RPPLinear
 

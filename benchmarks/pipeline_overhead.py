@@ -12,7 +12,6 @@ which ignores the stalls this 2-core virtual machine throws into any run.
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,11 +23,10 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
-from rppnets.training import train  # noqa: E402
+from rppnets.training import train  # noqa: E402  (after the W&B settings above)
 
 
 class StepClock(pl.Callback):

@@ -2,19 +2,16 @@
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from rppnets.hashed_linear import HashedLinear  # noqa: E402
-from rppnets.low_rank_linear import LowRankLinear  # noqa: E402
-from rppnets.models import lowrank_rank  # noqa: E402
-from rppnets.backends import default_backend  # noqa: E402
-from rppnets.rpp_linear import PERMUTATIONS, RPPLinear  # noqa: E402
+from rppnets.backends import default_backend
+from rppnets.hashed_linear import HashedLinear
+from rppnets.low_rank_linear import LowRankLinear
+from rppnets.models import lowrank_rank
+from rppnets.rpp_linear import PERMUTATIONS, RPPLinear
 
 SHAPES = [(784, 10, 100), (1000, 10, 100)]  # (m, n, k)
 BATCH = 128

@@ -16,7 +16,7 @@ from pathlib import Path
 TITLE = "Training loss on Fashion MNIST. m=10, k=100, 2 relu hidden layers, w/ softmax output layer."
 FULL_EPOCHS = 30  # the figure's training (conf/experiment/fashion_mnist_plot.yaml), on all training images
 
-# Legend entries of the figure, in its legend order (the figure is described in experiments/fashion_mnist_plot/README.md).
+# Legend entries of the figure, in its legend order (described in experiments/fashion_mnist_plot/README.md).
 LEGEND = {
     "rpp": "Permuted, width=m*k, |params|∝m",
     "rpp_nobias": "Permuted w/ no bias, width=m*k, |params|∝m",

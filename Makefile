@@ -2,8 +2,13 @@
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
+# The Python the targets use: .venv (made by `make setup`), or the conda environment of environment.yml while it
+# is active (`conda activate rppnets`), or any interpreter named on the command line: `make test PY=python`.
+ifeq ($(CONDA_DEFAULT_ENV),rppnets)
+PY := $(CONDA_PREFIX)/bin/python
+else
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-stamp
+endif
 ARGS ?=
 EPOCHS ?= 30
 SEEDS ?= 1
@@ -15,23 +20,37 @@ SWEEP := outputs/fashion_mnist_plot/epochs$(EPOCHS)-seeds$(SEEDS)
 QUICK_SWEEP := outputs/fashion_mnist_plot_quick
 SWEEP_ARGS = -m experiment=fashion_mnist_plot trainer.max_epochs=$(EPOCHS) 'seed=range(0,$(SEEDS))' \
 	$(if $(LAUNCHER),hydra/launcher=$(LAUNCHER))
+# frontier and controls default to 3 seeds (`make frontier SEEDS=1` for one); expanded when their recipes run
+frontier controls: SEEDS = 3
+FRONTIER_SWEEP = outputs/frontier/seeds$(SEEDS)
+CONTROLS_SWEEP = outputs/controls/seeds$(SEEDS)
 
-.PHONY: help setup data train test test-fast reproduce reproduce-quick bench clean
+.PHONY: help setup install-into-py data train test test-fast reproduce reproduce-quick frontier controls bench clean clean-outputs
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
-	@echo "  variables: ARGS='...' (train), EPOCHS=$(EPOCHS) SEEDS=$(SEEDS) LAUNCHER=$(LAUNCHER) (reproduce)"
+	@echo "  variables: ARGS='...' (train), EPOCHS=$(EPOCHS) SEEDS=$(SEEDS) LAUNCHER=$(LAUNCHER) (sweeps), PY=$(PY)"
 
-setup: $(STAMP)  ## create .venv and install the project (skipped when up to date)
+ifeq ($(PY),$(VENV)/bin/python)
+STAMP := $(VENV)/.installed-stamp
+else
+STAMP := install-into-py
+endif
+setup: $(STAMP)  ## install the project into .venv (made here) or into PY's environment; skipped when done
 
-$(STAMP): pyproject.toml
+$(VENV)/.installed-stamp: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	$(PY) -c "from rppnets import cpu_kernels; cpu_kernels.kernel()"  # compile the C++ kernels once (~30 s)
 	touch $@
 
-data: setup  ## fetch and verify Fashion-MNIST into data/
-	$(PY) -m rppnets.data data
+install-into-py:  # another environment (conda, PY=...): pip install -e unless it already imports this checkout
+	@$(PY) -c "import sys, pathlib, rppnets; here = pathlib.Path('src/rppnets').resolve(); \
+		sys.exit(pathlib.Path(rppnets.__file__).resolve().parent != here)" 2>/dev/null \
+		|| $(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+
+data: setup  ## find Fashion-MNIST (data/, then Debian's package) and check it; download into data/ if nowhere
+	$(PY) -m rppnets.data
 
 train: setup  ## one run: make train ARGS='model=rpp model.k=100'
 	$(PY) src/train.py $(ARGS)
@@ -42,21 +61,37 @@ test: setup  ## the test suite (CPU, under 10 minutes)
 test-fast: setup  ## the tests that take seconds
 	$(PY) -m pytest -q -m "not slow"
 
+# A sweep with a failed job exits 1: the memory measurement and the report still run, then that status is kept.
 reproduce: setup data  ## the figure: 5 networks x SEEDS seeds x EPOCHS epochs, then the report
-	$(PY) src/train.py $(SWEEP_ARGS) hydra.sweep.dir=$(SWEEP)
-	$(PY) -m rppnets.report $(SWEEP)
-	@echo "Results: $(SWEEP)/report (figure.png, curves.csv, summary.md); runs and W&B files: $(SWEEP)/*/"
+	$(PY) src/train.py $(SWEEP_ARGS) hydra.sweep.dir=$(SWEEP); s=$$?; \
+	$(PY) -m rppnets.memory --sweep $(SWEEP) && $(PY) -m rppnets.report $(SWEEP) && \
+	echo "Results: $(SWEEP)/report (figure.png, curves.csv, summary.md); runs and W&B files: $(SWEEP)/*/" && exit $$s
 
 reproduce-quick: setup data  ## the same chain with 2 epochs on 5,000 images (a few minutes)
 	$(PY) src/train.py $(SWEEP_ARGS) hydra.sweep.dir=$(QUICK_SWEEP) trainer.max_epochs=2 \
-		data.train_size=5000 data.val_size=1000 ~callbacks.progress_bar
-	$(PY) -m rppnets.report $(QUICK_SWEEP)
-	@echo "Results: $(QUICK_SWEEP)/report (figure.png, curves.csv, summary.md)"
+		data.train_size=5000 data.val_size=1000; s=$$?; \
+	$(PY) -m rppnets.memory --sweep $(QUICK_SWEEP) && $(PY) -m rppnets.report $(QUICK_SWEEP) && \
+	echo "Results: $(QUICK_SWEEP)/report (figure.png, curves.csv, summary.md)" && exit $$s
+
+frontier: setup data  ## accuracy against parameters: RPP, dense, hashed, low-rank over k (SEEDS=3 seeds)
+	$(PY) src/train.py -m experiment=frontier 'seed=range(0,$(SEEDS))' hydra.sweep.dir=$(FRONTIER_SWEEP) \
+		$(if $(LAUNCHER),hydra/launcher=$(LAUNCHER)); s=$$?; \
+	$(PY) -m rppnets.frontier_report $(FRONTIER_SWEEP) && exit $$s
+
+controls: setup data  ## the permutation controls: identity, random, stored (SEEDS=3 seeds)
+	$(PY) src/train.py -m experiment=controls 'seed=range(0,$(SEEDS))' hydra.sweep.dir=$(CONTROLS_SWEEP) \
+		$(if $(LAUNCHER),hydra/launcher=$(LAUNCHER)); s=$$?; \
+	$(PY) -m rppnets.frontier_report $(CONTROLS_SWEEP) --by permutation && exit $$s
 
 bench: setup data  ## pipeline and RPP-layer benchmarks (ratios measured side by side)
 	$(PY) benchmarks/pipeline_overhead.py
 	$(PY) benchmarks/rpp_layer.py
 
-clean:  ## remove outputs, W&B files and caches (keeps .venv and data/)
-	rm -rf outputs/* wandb .pytest_cache .hypothesis
+clean:  ## remove caches (keeps outputs/, data/ and .venv)
+	rm -rf .pytest_cache .hypothesis
 	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +
+
+clean-outputs:  ## delete every run and sweep in outputs/: make clean-outputs CONFIRM=yes
+	@if [ "$(CONFIRM)" != yes ]; then du -sh outputs/* 2>/dev/null; \
+		echo "This deletes all of the above. To go ahead: make clean-outputs CONFIRM=yes"; exit 1; fi
+	rm -rf outputs/*

@@ -41,6 +41,7 @@ def test_without_root_data_then_the_system_folder(fake_root, tmp_path, monkeypat
     system = copy_raw(fake_root, tmp_path / "system")
     source = find_fashion_mnist(None, system_dir=system, download=False)
     assert (source.folder, source.origin) == (system, "Debian's package")
+    assert find_fashion_mnist("data", system_dir=system, download=False) == source  # data, the default root
     assert not (tmp_path / "data").exists()  # read where it is: no copy
     shutil.copytree(fake_root, tmp_path / "data")
     assert find_fashion_mnist(None, system_dir=system, download=False).origin == "data/"
@@ -160,7 +161,7 @@ def test_real_fashion_mnist(tmp_path, monkeypatch):
 
 
 def test_a_run_with_a_missing_data_root_stops_before_training(tmp_path):
-    cfg = compose_train([f"data.root={tmp_path / 'nonexistent'}"], output_dir=tmp_path / "run")
+    cfg = compose_train([f"data.root={tmp_path / 'nonexistent'}", "data.download=false"], output_dir=tmp_path / "run")
     with pytest.raises(ConfigError, match="data.root='.*nonexistent' does not exist, and no download was asked"):
         train(cfg)
     assert not (tmp_path / "run").exists() and not (tmp_path / "nonexistent").exists()

@@ -75,7 +75,7 @@ def find_fashion_mnist(root: str | Path | None, system_dir: str | Path | None, d
     An explicit `root` is the only place looked in. Without one: data/, then Debian's `system_dir`.
     Raises DataNotFoundError (its message starts with ``root=``) naming the ways to get the files.
     """
-    if root is not None:
+    if root is not None and Path(root) != Path(DEFAULT_ROOT):
         root = Path(root)
         if root.exists() and not root.is_dir():
             raise DataNotFoundError(f"root={str(root)!r} is invalid; allowed: a folder holding the four files")

@@ -61,7 +61,7 @@ def test_explicit_root_that_is_missing_is_an_error_naming_the_ways(fake_root, tm
 
 def test_missing_everywhere_names_all_three_ways(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(DataNotFoundError, match="root=None: the Fashion-MNIST files are neither in data nor in"):
+    with pytest.raises(DataNotFoundError, match="root=None: the Fashion-MNIST files are neither in data nor in .*no download"):
         find_fashion_mnist(None, system_dir=tmp_path / "nowhere", download=False)
 
 
@@ -78,6 +78,16 @@ def test_download_goes_into_root_and_leaves_no_part_on_failure(fake_root, tmp_pa
         data.download_fashion_mnist(tmp_path / "root")
     raw = tmp_path / "root" / "FashionMNIST" / "raw"
     assert sorted(p.name for p in raw.iterdir()) == sorted(set(FILES) - {"t10k-labels-idx1-ubyte.gz"})
+
+
+def test_a_failed_download_leaves_no_folder_it_made(tmp_path, monkeypatch):
+    def no_network(url, root, filename, md5):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr("torchvision.datasets.utils.download_url", no_network)
+    with pytest.raises(DataNotFoundError, match="downloading train-images-idx3-ubyte.gz failed"):
+        FashionMNISTDataModule(root=str(tmp_path / "new" / "root"), download=True).prepare_data()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_files_that_are_not_the_official_ones_are_named(fake_root):
@@ -165,3 +175,9 @@ def test_a_run_with_a_missing_data_root_stops_before_training(tmp_path):
     with pytest.raises(ConfigError, match="data.root='.*nonexistent' does not exist, and no download was asked"):
         train(cfg)
     assert not (tmp_path / "run").exists() and not (tmp_path / "nonexistent").exists()
+
+
+def test_the_default_root_names_itself_when_nothing_is_found(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataNotFoundError, match="^root='data': the Fashion-MNIST files are neither in data nor in"):
+        FashionMNISTDataModule(root="data", system_dir=str(tmp_path / "nowhere"), download=False)

@@ -35,8 +35,9 @@ CONTENT_MD5 = {
 FILES = tuple(f"{name}.gz" for name in CONTENT_MD5)
 WAYS = (
     "Get the files in one of three ways:\n"
-    "  1. Debian/Ubuntu: `apt-get install dataset-fashion-mnist` (read in place from {system}, with data.root unset);\n"
-    "  2. download them: `make data` (into data/), or data.download=true (into data.root, or data/ when unset);\n"
+    "  1. Debian/Ubuntu: `apt-get install dataset-fashion-mnist` (read in place from {system}, with data.root "
+    "at its default, data);\n"
+    "  2. download them: `make data` (into data/), or data.download=true (into data.root);\n"
     "  3. put the four official .gz files ({files}) into a folder, directly or in FashionMNIST/raw/, and set "
     "data.root to it."
 ).format(system=SYSTEM_DIR, files=", ".join(FILES))
@@ -72,7 +73,8 @@ def folder_with_files(folder: Path) -> Path | None:
 def find_fashion_mnist(root: str | Path | None, system_dir: str | Path | None, download: bool) -> Source | None:
     """Where to read the files from; None when they are missing and `download` asks for them.
 
-    An explicit `root` is the only place looked in. Without one: data/, then Debian's `system_dir`.
+    A `root` other than data/ is the only place looked in. Without one (None or data, the default): data/, then
+    Debian's `system_dir`.
     Raises DataNotFoundError (its message starts with ``root=``) naming the ways to get the files.
     """
     if root is not None and Path(root) != Path(DEFAULT_ROOT):
@@ -92,7 +94,8 @@ def find_fashion_mnist(root: str | Path | None, system_dir: str | Path | None, d
     if download:
         return None
     looked = " nor in ".join(str(place) for place, _ in places)
-    raise DataNotFoundError(f"root=None: the Fashion-MNIST files are neither in {looked}. {WAYS}")
+    raise DataNotFoundError(f"root={None if root is None else str(root)!r}: the Fashion-MNIST files are neither in {looked}, and no download was "
+                            f"asked for. {WAYS}")
 
 
 def download_fashion_mnist(root: str | Path | None) -> Source:
@@ -102,6 +105,7 @@ def download_fashion_mnist(root: str | Path | None) -> Source:
     from torchvision.datasets.utils import download_url
 
     raw = Path(root if root is not None else DEFAULT_ROOT) / "FashionMNIST" / "raw"
+    created = [folder for folder in (raw, *raw.parents) if not folder.exists()]  # innermost first
     raw.mkdir(parents=True, exist_ok=True)
     for name, gz_md5 in FashionMNIST.resources:
         if (raw / name).is_file():
@@ -116,6 +120,9 @@ def download_fashion_mnist(root: str | Path | None) -> Source:
                 errors.append(f"{mirror}{name}: {err}")
                 part.unlink(missing_ok=True)
         else:
+            for folder in created:  # the folders made for this download go again if it left them empty
+                if not any(folder.iterdir()):
+                    folder.rmdir()
             raise DataNotFoundError(f"root={str(root)!r}: downloading {name} failed ({'; '.join(errors)}). {WAYS}")
     return Source(raw, "a download")
 
@@ -219,7 +226,7 @@ class FashionMNISTDataModule(pl.LightningDataModule):
 
     Args:
         root: the folder holding the four .gz files (directly or in FashionMNIST/raw/), and the only place looked
-            in; None: data/ if it holds them, else `system_dir`.
+            in; None or "data" (the default): data/ if it holds them, else `system_dir`.
         batch_size: training batch size.
         val_size: training images held out for validation (0: no validation).
         train_size: use only the first `train_size` remaining training images (None: all), for quick runs.

@@ -122,6 +122,21 @@ def test_layer_gives_identical_results_on_the_materialising_cpu_kernels_and_eage
         torch.testing.assert_close(got, eager, atol=1e-6, rtol=1e-6)  # products by blocks: other roundings
 
 
+def test_fused_step_on_several_threads_inside_autograd(cpu_kernel):
+    # worker threads must run the blocks' products below autograd, like the calling thread
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        layer = RPPLinear(50, 4, 64, permutation="generated", seed=1)  # 256 columns: 4 blocks, one run per thread
+        x = torch.randn(8, 50, requires_grad=True)
+        fused = forward_backward(layer, x)
+        layer.backend = "eager"
+        for got, want in zip(fused, forward_backward(layer, x)):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_the_build_folder_is_keyed_on_source_flags_torch_and_python(monkeypatch, tmp_path):
     key = cpu_kernels.build_key()
     assert len(key) == 16 and key == cpu_kernels.build_key()

@@ -7,6 +7,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 
 #include <algorithm>
 #include <optional>
@@ -220,7 +221,11 @@ static int64_t run_count(int64_t blocks) { return std::max<int64_t>(1, std::min<
 template <typename Body>
 static void for_each_run(int64_t blocks, const Body& body) {
   const int64_t runs = run_count(blocks);
+  // the caller's dispatch state (below autograd, autocast off) for ATen's products on the worker threads too:
+  // OpenMP threads do not inherit it, and autograd refuses an out= product of tensors that require grad
+  const at::ThreadLocalState state;
   at::parallel_for(0, runs, 1, [&](int64_t begin, int64_t end) {
+    const at::ThreadLocalStateGuard guard(state);
     for (int64_t run = begin; run < end; ++run) body(run, run * blocks / runs, (run + 1) * blocks / runs);
   });
 }

@@ -45,7 +45,8 @@ class Permutation:
         return Permutation("index", rows, self.m, self.n, self.k)
 
 
-def _accumulate(dtype: torch.dtype) -> torch.dtype:
+def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype sums of gradients are added in: float32 at least (bf16 sums of k terms lose bits)."""
     return torch.promote_types(dtype, torch.float32)
 
 
@@ -65,14 +66,15 @@ def flat_index(perm: Permutation) -> torch.Tensor:
     return torch.add(columns, index, alpha=perm.n, out=index).view(-1)
 
 
-class Backend:
-    """The step's products through a whole W_p; subclasses give permuted_weight and fold for P as rows or keys.
+class EagerBackend:
+    """The reference in eager PyTorch, on any device: the step's products through a whole W_p.
 
+    Subclasses replace permuted_weight, fold and the rows of generated P by kernels, or the products themselves.
     P of kind "identity" never needs a W_p: y = (x @ W) tiled k times, and the k copies of dy are summed first.
     """
 
-    name = ""
-    device_types: tuple[str, ...] = ()
+    name = "eager"
+    device_types: tuple[str, ...] = ("cpu", "cuda")
 
     def rows(self, perm: Permutation) -> torch.Tensor:
         """P's rows (m, k*n) in an integer dtype, for P of kind "index" or "keys"."""
@@ -84,52 +86,16 @@ class Backend:
 
     def permuted_weight(self, weight: torch.Tensor, perm: Permutation) -> torch.Tensor:
         """W_p (m, k*n) with W_p[i, h*n + j] = W[P[h, i, j], j]."""
-        raise NotImplementedError
-
-    def fold(self, grad_wp: torch.Tensor, perm: Permutation) -> torch.Tensor:
-        """dW (m, n), float32 at least: the sum of dW_p (m, k*n) over the k places each entry of W went to."""
-        raise NotImplementedError
-
-    def for_backward(self, perm: Permutation) -> Permutation:
-        """P as the backward's two uses read it (rows made once where a backend needs them)."""
-        return perm
-
-    def matmul(self, x: torch.Tensor, weight: torch.Tensor, perm: Permutation) -> torch.Tensor:
-        """y = x @ W_p (batch, k*n), in x's dtype."""
-        weight = weight.to(x.dtype)
-        if perm.kind == "identity":  # cat, not repeat: below autograd, repeat returns a view, which the op must not
-            return torch.cat([torch.mm(x, weight)] * perm.k, dim=1)
-        return torch.mm(x, self.permuted_weight(weight, perm))
-
-    def backward(self, grad_y, x, weight, perm: Permutation):
-        """(dx, dW) for dy (batch, k*n): dx = dy @ W_p^T where W is given (else None), in dy's dtype; dW (m, n)
-        where x is given (else None), in float32 at least."""
-        if perm.kind == "identity":
-            summed = grad_y.view(-1, perm.k, perm.n).sum(1, dtype=_accumulate(grad_y.dtype))  # (batch, n)
-            grad_x = None if weight is None else torch.mm(summed.to(grad_y.dtype), weight.to(grad_y.dtype).t())
-            return grad_x, None if x is None else torch.mm(x.t().to(summed.dtype), summed)
-        perm = self.for_backward(perm)
-        grad_x = None if weight is None else torch.mm(grad_y, self.permuted_weight(weight.to(grad_y.dtype), perm).t())
-        grad_weight = None if x is None else self.fold(torch.mm(x.t(), grad_y), perm)
-        return grad_x, grad_weight
-
-
-class EagerBackend(Backend):
-    """The reference in eager PyTorch, on any device."""
-
-    name = "eager"
-    device_types = ("cpu", "cuda")
-
-    def permuted_weight(self, weight, perm):
-        if perm.kind == "identity":
-            return weight.repeat(1, perm.k)
+        if perm.kind == "identity":  # cat, not repeat: below autograd, repeat returns a view, which an op must not
+            return torch.cat([weight] * perm.k, dim=1)
         flat = flat_index(perm.with_rows(self.rows(perm)))
         return weight.reshape(-1).index_select(0, flat).view(perm.m, -1)
 
-    def fold(self, grad_wp, perm):
-        accumulate = _accumulate(grad_wp.dtype)
+    def fold(self, grad_wp: torch.Tensor, perm: Permutation) -> torch.Tensor:
+        """dW (m, n), float32 at least: the sum of dW_p (m, k*n) over the k places each entry of W went to."""
+        accumulate = accumulate_dtype(grad_wp.dtype)
         if perm.kind == "identity":
-            return grad_wp.view(perm.m, perm.k, perm.n).sum(1, dtype=accumulate)
+            return grad_wp.reshape(perm.m, perm.k, perm.n).sum(1, dtype=accumulate)
         if grad_wp.device.type == "cpu":  # bincount with weights: a serial scatter-add, in a fixed order
             flat = flat_index(perm.with_rows(self.rows(perm)))
             return torch.bincount(flat, grad_wp.reshape(-1).to(accumulate), minlength=perm.m * perm.n).view(perm.m, -1)
@@ -153,10 +119,30 @@ class EagerBackend(Backend):
         inverse = self.inverse_rows(perm).view(m, k, n).permute(1, 0, 2)  # (k, m, n)
         index = torch.empty((k, m, n), dtype=dtype, device=grad_wp.device)  # where W[r, j] went in copy h
         copies = grad_wp.reshape(-1).index_select(0, torch.add(offsets, inverse, alpha=kn, out=index).view(-1))
-        return copies.view(k, m, n).sum(0, dtype=_accumulate(grad_wp.dtype))
+        return copies.view(k, m, n).sum(0, dtype=accumulate_dtype(grad_wp.dtype))
 
-    def for_backward(self, perm):
+    def for_backward(self, perm: Permutation) -> Permutation:
+        """P as the backward's two uses read it: generated P's rows, made once for both."""
         return perm.with_rows(self.rows(perm)) if perm.kind == "keys" else perm
+
+    def matmul(self, x: torch.Tensor, weight: torch.Tensor, perm: Permutation) -> torch.Tensor:
+        """y = x @ W_p (batch, k*n), in x's dtype."""
+        weight = weight.to(x.dtype)
+        if perm.kind == "identity":
+            return torch.cat([torch.mm(x, weight)] * perm.k, dim=1)
+        return torch.mm(x, self.permuted_weight(weight, perm))
+
+    def backward(self, grad_y, x, weight, perm: Permutation):
+        """(dx, dW) for dy (batch, k*n): dx = dy @ W_p^T where W is given (else None), in dy's dtype; dW (m, n)
+        where x is given (else None), in float32 at least."""
+        if perm.kind == "identity":
+            summed = grad_y.reshape(-1, perm.k, perm.n).sum(1, dtype=accumulate_dtype(grad_y.dtype))  # (B, n)
+            grad_x = None if weight is None else torch.mm(summed.to(grad_y.dtype), weight.to(grad_y.dtype).t())
+            return grad_x, None if x is None else torch.mm(x.t().to(summed.dtype), summed)
+        perm = self.for_backward(perm)
+        grad_x = None if weight is None else torch.mm(grad_y, self.permuted_weight(weight.to(grad_y.dtype), perm).t())
+        grad_weight = None if x is None else self.fold(torch.mm(x.t(), grad_y), perm)
+        return grad_x, grad_weight
 
 
 class CppBackend(EagerBackend):
@@ -218,13 +204,14 @@ class TritonBackend(EagerBackend):
     def fold(self, grad_wp, perm):
         if perm.kind == "identity":
             return super().fold(grad_wp, perm)
-        return self.kernels.fold_weight_grad(grad_wp, perm.n, perm.k, _accumulate(grad_wp.dtype), **self._p(perm))
+        accumulate = accumulate_dtype(grad_wp.dtype)
+        return self.kernels.fold_weight_grad(grad_wp, perm.n, perm.k, accumulate, **self._p(perm))
 
     def for_backward(self, perm):
-        return perm
+        return perm  # the kernels read the index or the keys themselves
 
 
-_BACKENDS: dict[str, Backend] = {"eager": EagerBackend()}
+_BACKENDS: dict[str, EagerBackend] = {"eager": EagerBackend()}
 
 
 def _triton_kernels():
@@ -254,7 +241,7 @@ def default_backend(device: torch.device | str) -> str:
     return "eager"
 
 
-def get_backend(name: str, device: torch.device) -> Backend:
+def get_backend(name: str, device: torch.device) -> EagerBackend:
     """The backend called `name`, checked to run on device."""
     default_backend(device)  # makes the device's backends on a first call
     backend = _BACKENDS.get(name)

@@ -1,7 +1,8 @@
 """RPP's registered torch ops (namespace rppnets): the layer's product and its backward, W_p, dW's fold and generated P.
 
 Each op has a fake (meta) implementation, so torch.compile, export and CUDA graphs trace through
-it without running it, and the differentiable ones have registered autograd. Their implementations
+it without running it, and registered autograd where it has a gradient (all but the backward op,
+which has no double backward, and the integer feistel_rows). Their implementations
 run a backend of rppnets.backends: the one named by `backend`, or by default the fastest for the
 tensors' device, found at the op's first call on that device; so the C++ kernels are built or
 loaded there, once, and never inside anything traced.
@@ -13,7 +14,7 @@ P is passed as (p, k, kind), see rppnets.backends.Permutation: kind "index" with
 import torch
 from torch import Tensor
 
-from rppnets.backends import KINDS, Permutation, default_backend, get_backend
+from rppnets.backends import KINDS, Permutation, accumulate_dtype, default_backend, get_backend
 
 
 def _backend(name: str | None, device: torch.device):
@@ -24,10 +25,6 @@ def _permutation(p: Tensor | None, m: int, n: int, k: int, kind: str) -> Permuta
     if kind not in KINDS or (p is None) != (kind == "identity"):
         raise ValueError(f"kind={kind!r} with p {'None' if p is None else 'given'} is invalid; allowed: {KINDS}")
     return Permutation(kind, p, m, n, k)
-
-
-def _accumulate(dtype: torch.dtype) -> torch.dtype:
-    return torch.promote_types(dtype, torch.float32)
 
 
 @torch.library.custom_op("rppnets::permuted_matmul", mutates_args=())
@@ -57,14 +54,14 @@ def permuted_matmul_backward(
     if grad_x is None:
         grad_x = grad_y.new_empty((0, m))
     if grad_weight is None:
-        grad_weight = grad_y.new_empty((0, n), dtype=_accumulate(grad_y.dtype))
+        grad_weight = grad_y.new_empty((0, n), dtype=accumulate_dtype(grad_y.dtype))
     return grad_x, grad_weight
 
 
 @permuted_matmul_backward.register_fake
 def _(grad_y, x, weight, p, m, n, k, kind, backend):
     grad_x = grad_y.new_empty((grad_y.shape[0] if weight is not None else 0, m))
-    return grad_x, grad_y.new_empty((m if x is not None else 0, n), dtype=_accumulate(grad_y.dtype))
+    return grad_x, grad_y.new_empty((m if x is not None else 0, n), dtype=accumulate_dtype(grad_y.dtype))
 
 
 def _setup_matmul(ctx, inputs, output):
@@ -109,7 +106,7 @@ def fold_weight_grad(grad_wp: Tensor, p: Tensor | None, k: int, kind: str) -> Te
 
 @fold_weight_grad.register_fake
 def _(grad_wp, p, k, kind):
-    return grad_wp.new_empty((grad_wp.shape[0], grad_wp.shape[1] // k), dtype=_accumulate(grad_wp.dtype))
+    return grad_wp.new_empty((grad_wp.shape[0], grad_wp.shape[1] // k), dtype=accumulate_dtype(grad_wp.dtype))
 
 
 def _setup_linear_map(ctx, inputs, output):

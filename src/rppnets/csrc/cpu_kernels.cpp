@@ -1,8 +1,9 @@
 // The CPU kernels of RPP layers (loaded by rppnets.cpu_kernels).
 // P of a generated layer, one column at a time: the Feistel network over the whole domain 0..2^t-1
 // into a small table (a vectorised pass per round), then cycle walking through that table; the same
-// bijection as rppnets.permutation.permuted_rows, bit for bit. And for every mode, W_p gathered from
-// W and dW folded from dW_p, reading P's rows as stored (uint8, int16 or int32).
+// bijection as rppnets.permutation.permuted_rows, bit for bit. For every mode, W_p gathered from W and
+// dW folded from dW_p, reading P's rows as stored (uint8, int16 or int32); and the fused step, which
+// makes W_p one block of columns at a time where its products use it.
 #include <torch/extension.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -216,7 +217,9 @@ static void check_permutation(const Permutation& perm, int64_t m, int64_t n) {
 // in parallel: one parallel region per op, not one per block, which on a busy machine costs a wait for every
 // thread each time. Inside, ATen's products and the kernels' own loops run on the calling thread. The runs depend
 // only on the thread count, so sums over them, added in run order, are deterministic for a given thread count.
-static int64_t run_count(int64_t blocks) { return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), blocks)); }
+static int64_t run_count(int64_t blocks) {
+  return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), blocks));
+}
 
 template <typename Body>
 static void for_each_run(int64_t blocks, const Body& body) {
@@ -260,22 +263,27 @@ torch::Tensor fused_matmul(const torch::Tensor& x, const torch::Tensor& weight, 
 // dW (m, n) where x is given, summed in float32 (float64 for double). What is not computed comes back empty.
 // Each block of W_p (and, generated, of P) is made once for both; each run of blocks sums into its own dx and dW,
 // and those are added in run order.
-std::tuple<torch::Tensor, torch::Tensor> fused_backward(const torch::Tensor& grad_y, const std::optional<torch::Tensor>& x,
+std::tuple<torch::Tensor, torch::Tensor> fused_backward(const torch::Tensor& grad_y,
+                                                        const std::optional<torch::Tensor>& x,
                                                         const std::optional<torch::Tensor>& weight,
                                                         const torch::Tensor& p, bool generated, int64_t m, int64_t n,
                                                         int64_t block) {
   const Permutation perm{p, generated};
-  const int64_t columns = perm.columns(), batch = grad_y.size(0), blocks = (columns + block - 1) / block;
-  const bool need_x = weight.has_value(), need_weight = x.has_value();
   check_permutation(perm, m, n);
   TORCH_CHECK(block >= 1, "block: expected at least one column");
-  TORCH_CHECK(grad_y.device().is_cpu() && grad_y.dim() == 2 && grad_y.size(1) == columns, "grad_y: expected (batch, k*n)");
-  if (need_x) TORCH_CHECK(weight->sizes() == torch::IntArrayRef({m, n}) && weight->scalar_type() == grad_y.scalar_type(),
-                          "weight: expected (m, n) of grad_y's dtype");
-  if (need_weight) TORCH_CHECK(x->sizes() == torch::IntArrayRef({batch, m}) && x->scalar_type() == grad_y.scalar_type(),
-                               "x: expected (batch, m) of grad_y's dtype");
+  const int64_t columns = perm.columns(), batch = grad_y.size(0), blocks = (columns + block - 1) / block;
+  const bool need_x = weight.has_value(), need_weight = x.has_value();
+  const auto dtype = grad_y.scalar_type();
+  TORCH_CHECK(grad_y.device().is_cpu() && grad_y.dim() == 2 && grad_y.size(1) == columns,
+              "grad_y: expected (batch, k*n)");
+  if (need_x)
+    TORCH_CHECK(weight->sizes() == torch::IntArrayRef({m, n}) && weight->scalar_type() == dtype,
+                "weight: expected (m, n) of grad_y's dtype");
+  if (need_weight)
+    TORCH_CHECK(x->sizes() == torch::IntArrayRef({batch, m}) && x->scalar_type() == dtype,
+                "x: expected (batch, m) of grad_y's dtype");
   const auto options = grad_y.options();
-  const auto accumulate = grad_y.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
+  const auto accumulate = dtype == torch::kDouble ? torch::kDouble : torch::kFloat;
   // per run: dx sums its blocks' products in float32 at least (in bf16 every block would lose bits), dW its folds
   std::vector<torch::Tensor> grad_x, grad_w;
   for (int64_t run = 0; run < run_count(blocks); ++run) {

@@ -15,11 +15,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
+from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from rppnets.checkpointing import AtomicCheckpointIO, LastCheckpoint, Preempted, RandomStates, StopSignals, \
     checkpoint_progress
+from rppnets.callbacks import RunMetrics
 from rppnets.checks import check_int
 from rppnets.classifier import Classifier
 from rppnets.loggers import build_loggers, finish_wandb
@@ -31,8 +33,15 @@ class ConfigError(ValueError):
     """A config value that cannot work; raised before any training starts."""
 
 
+# Keys that decide where things are or how a run is driven, never what it computes (the data is checked by MD5).
+NEUTRAL_DATA_KEYS = ("root", "system_dir", "download", "verify_md5")
+
+
 def config_hash(config: dict, exclude=("paths", "hydra", "skip_finished", "resume")) -> str:
+    """A short hash of what decides a run's results: the resolved config minus `exclude` and the data's location."""
     kept = {key: value for key, value in config.items() if key not in exclude}
+    if isinstance(kept.get("data"), dict):
+        kept["data"] = {key: value for key, value in kept["data"].items() if key not in NEUTRAL_DATA_KEYS}
     return hashlib.sha1(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
@@ -51,9 +60,11 @@ def model_name(cfg: DictConfig) -> str:
     if model.depth == 0:
         name = "softmax"
     elif model.kind != "dense":  # rpp, hashed, lowrank: virtual width k * width
-        name = f"{model.kind}-w{model.width}-k{model.k}" + ("-nobias" if model.get("bias") == "none" else "")
+        name = f"{model.kind}-w{model.width}-k{model.k}"
     else:
-        name = f"dense-w{model.width}" + ("" if model.bias else "-nobias")
+        name = f"dense-w{model.width}"
+    if model.depth and model.get("bias") in (False, "none"):
+        name += "-nobias"
     if model.depth not in (0, 2):
         name += f"-d{model.depth}"
     return name
@@ -189,8 +200,10 @@ def _train(cfg: DictConfig, folder: RunFolder, config: dict, this_hash: str, wri
         callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
         callbacks.append(RandomStates())
         last = next((c for c in callbacks if isinstance(c, LastCheckpoint)), None)
+        # Without a bar callback (`~callbacks.progress_bar`), no bar: Lightning would otherwise add its own.
+        bar = cfg.trainer.get("enable_progress_bar", any(isinstance(c, ProgressBar) for c in callbacks))
         trainer = _build(cfg, "trainer", logger=loggers or False, callbacks=callbacks,
-                         plugins=[AtomicCheckpointIO()])
+                         plugins=[AtomicCheckpointIO()], enable_progress_bar=bar)
         with StopSignals() as signals:
             if last is not None:
                 last.signals = signals
@@ -201,7 +214,8 @@ def _train(cfg: DictConfig, folder: RunFolder, config: dict, this_hash: str, wri
             trainer.test(module, datamodule=datamodule, verbose=False)
         metrics.update(trainer.callback_metrics)
         for callback in callbacks:
-            metrics.update(getattr(callback, "metrics", {}))  # run-level numbers (RunMetrics)
+            if isinstance(callback, RunMetrics):
+                metrics.update(callback.metrics)  # run-level numbers
         metrics = {key: value.item() if torch.is_tensor(value) else value for key, value in metrics.items()}
         metrics["train/loss"] = metrics.get("train/loss_epoch")
         metrics["time/wall_s"] = time.perf_counter() - started
@@ -229,9 +243,10 @@ def print_summary(results: dict, output_dir: Path, wandb_dir: str | None) -> Non
     m = results["metrics"]
     shown = ("train/loss", "val/loss", "val/acc", "test/loss", "test/acc", "model/params_trainable")
     print(f"\n{results['run_name']} finished in {m['time/wall_s']:.1f} s")
-    print("  " + "  ".join(f"{key} {m[key]:.4g}" for key in shown if m.get(key) is not None))
+    print("  " + "  ".join(f"{key} {m[key]:,}" if isinstance(m[key], int) else f"{key} {m[key]:.4g}"
+                           for key in shown if m.get(key) is not None))
     print(f"  run folder: {output_dir}")
     print(f"  metrics CSV: {output_dir / results['csv']}")
     if wandb_dir:
         run_dir = Path(wandb_dir).parent
-        print(f"  W&B run: {run_dir}  (upload with: wandb sync {run_dir})")
+        print(f"  W&B run: {run_dir}  (look: wandb leet {run_dir}; upload: wandb sync {run_dir})")

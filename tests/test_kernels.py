@@ -137,6 +137,30 @@ def test_fused_step_on_several_threads_inside_autograd(cpu_kernel):
         torch.set_num_threads(threads)
 
 
+HOOKS_CHECK = textwrap.dedent(
+    """
+    import torch
+    from rppnets.rpp_linear import RPPLinear
+
+    torch.set_num_threads(2)
+    layer = RPPLinear(50, 4, 64, permutation="generated")  # 256 columns: a run of blocks per thread
+    x = torch.randn(8, 50, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+        layer(x).sum().backward()
+    print("done")
+    """
+)
+
+
+def test_fused_step_with_python_saved_tensor_hooks_on_two_threads(cpu_kernel):
+    # worker threads copy the caller's thread-local state, Python hooks included, which takes the GIL: the kernels
+    # must run without it, or the step waits forever (in a fresh process, so that a hang fails instead of blocking)
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": src}
+    result = subprocess.run([sys.executable, "-c", HOOKS_CHECK], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "done" in result.stdout, result.stderr[-3000:]
+
+
 def test_the_build_folder_is_keyed_on_source_flags_torch_and_python(monkeypatch, tmp_path):
     key = cpu_kernels.build_key()
     assert len(key) == 16 and key == cpu_kernels.build_key()

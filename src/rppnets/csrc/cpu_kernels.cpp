@@ -224,8 +224,10 @@ static int64_t run_count(int64_t blocks) {
 template <typename Body>
 static void for_each_run(int64_t blocks, const Body& body) {
   const int64_t runs = run_count(blocks);
-  // the caller's dispatch state (below autograd, autocast off) for ATen's products on the worker threads too:
-  // OpenMP threads do not inherit it, and autograd refuses an out= product of tensors that require grad
+  // the caller's thread-local state on the worker threads too, which OpenMP threads do not inherit: its dispatch
+  // keys (below autograd, autocast off: autograd refuses an out= product of tensors that require grad) and the
+  // profiler's, which then sees their allocations. Copying it may take the GIL (Python saved-tensor hooks), so the
+  // bindings below release the GIL for the kernel's duration
   const at::ThreadLocalState state;
   at::parallel_for(0, runs, 1, [&](int64_t begin, int64_t end) {
     const at::ThreadLocalStateGuard guard(state);
@@ -330,10 +332,12 @@ std::tuple<torch::Tensor, torch::Tensor> fused_backward(const torch::Tensor& gra
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
-  module.def("feistel_rows", &feistel_rows, "P (or its inverse) of every column, on the CPU");
-  module.def("permuted_weight", &permuted_weight, "W_p from W, generating P on the fly, on the CPU");
-  module.def("gather_weight", &gather_weight, "W_p from W and P's rows, on the CPU");
-  module.def("fold_weight_grad", &fold_weight_grad, "dW from dW_p and P's rows, deterministically, on the CPU");
-  module.def("fused_matmul", &fused_matmul, "x @ W_p, one block of W_p's columns at a time, on the CPU");
-  module.def("fused_backward", &fused_backward, "dy @ W_p^T and dW, one block of W_p's columns at a time, on the CPU");
+  // the kernels touch no Python object: they run without the GIL, as torch's own ops do
+  const auto nogil = pybind11::call_guard<pybind11::gil_scoped_release>();
+  module.def("feistel_rows", &feistel_rows, "P (or its inverse) of every column, on the CPU", nogil);
+  module.def("permuted_weight", &permuted_weight, "W_p from W, generating P on the fly, on the CPU", nogil);
+  module.def("gather_weight", &gather_weight, "W_p from W and P's rows, on the CPU", nogil);
+  module.def("fold_weight_grad", &fold_weight_grad, "dW from dW_p and P's rows, deterministically, on the CPU", nogil);
+  module.def("fused_matmul", &fused_matmul, "x @ W_p, one block of W_p's columns at a time, on the CPU", nogil);
+  module.def("fused_backward", &fused_backward, "dy @ W_p^T and dW, one block of W_p's columns at a time", nogil);
 }

@@ -1,14 +1,20 @@
 """Hydra entry point: `python src/train.py model=rpp model.k=100` trains one network (add -m to sweep)."""
 
+import os
 import shutil
 import sys
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from hydra.utils import get_class
 from omegaconf import DictConfig
+from pytorch_lightning.strategies.launchers import subprocess_script as lightning_ddp_launcher
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from rppnets.checkpointing import Preempted, requeue_slurm_job
 from rppnets.console import silence_known_noise
@@ -18,17 +24,24 @@ from rppnets.training import ConfigError, train
 
 # Exit statuses: 1 a job failed, 2 bad input (a single run), 128 + signal number when stopped by a signal.
 FAILED, INVALID = 1, 2
+SCRIPT = Path(__file__).resolve()
+# What Lightning's DDP launcher sets in the process that starts the other ranks (and never unsets).
+DDP_LAUNCH_ENV = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "OMP_NUM_THREADS")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     silence_known_noise()  # here, not at import: a launcher's worker process runs only this function
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    lightning_ddp_launcher._hydra_subprocess_cmd = ddp_rank_command  # trainer=ddp: ranks 1.. rerun this job
     try:
-        metrics = train(cfg)
+        with ddp_launch_undone():
+            metrics = train(cfg)
     except Preempted as stop:  # a checkpoint is saved; stop this process (a sweep too), requeue under SLURM
-        requeue_slurm_job()
-        sys.exit(128 + stop.signum)
+        requeued = rank_zero_only.rank == 0 and requeue_slurm_job()  # one requeue per job, not one per process
+        if multirun and submitit_job() and not requeued:
+            return None  # the signal was for this job alone: the sweep's end lists it as unfinished
+        sys.exit(128 + stop.signum)  # under submitit: no result yet, so its launcher waits for the requeued job
     except ConfigError as err:
         print(f"Invalid config: {err}", file=sys.stderr)
         if multirun:  # the job's folder records why; the other jobs go on
@@ -39,7 +52,8 @@ def main(cfg: DictConfig) -> float | None:
             except OSError:
                 pass  # an unwritable folder is the error itself
             return None
-        remove_if_only_hydra_files(Path(cfg.paths.output_dir))
+        if rank_zero_only.rank == 0:
+            remove_if_only_hydra_files(Path(cfg.paths.output_dir))
         sys.exit(INVALID)
     except Exception as err:  # the failure is recorded in results.json by train()
         expected = type(err).__module__.startswith("rppnets")
@@ -48,6 +62,47 @@ def main(cfg: DictConfig) -> float | None:
             return None
         sys.exit(FAILED)
     return metrics.get("val/loss", metrics.get("train/loss"))  # for Hydra sweepers that optimise
+
+
+def submitit_job() -> bool:
+    """Whether this job runs as its own submitit job (SLURM or local), started by Hydra's submitit launcher."""
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
+
+    return issubclass(get_class(HydraConfig.get().launcher._target_), BaseSubmititLauncher)
+
+
+def ddp_rank_command(local_rank: int) -> tuple[list[str], str]:
+    """The command Lightning's DDP launcher runs for rank `local_rank`: this job again, as a single run in its folder.
+
+    Replaces Lightning's own, which reruns ``sys.argv`` with ``hydra.run.dir``: in a multirun every rank would start
+    the whole sweep again, and in a joblib or submitit worker ``sys.argv`` is the worker's, not this script's.
+    The run folder is quoted: job folder names hold ``=`` and ``,``.
+    """
+    hydra_cfg = HydraConfig.get()
+    output_dir = hydra_cfg.runtime.output_dir.replace("\\", "\\\\").replace('"', '\\"')
+    command = [sys.executable, str(SCRIPT), *hydra_cfg.overrides.task, "hydra.mode=RUN",
+               f'hydra.run.dir="{output_dir}"', f"hydra.job.name={hydra_cfg.job.name}_ddp_rank{local_rank}",
+               "hydra.output_subdir=null"]
+    return command, hydra_cfg.runtime.cwd
+
+
+@contextmanager
+def ddp_launch_undone():
+    """After a job, undo what Lightning's DDP launcher left in this process (its rank variables, thread count and
+    process group), so that the next job of a multirun starts its own ranks instead of joining the finished ones."""
+    saved_env = {key: os.environ.get(key) for key in DDP_LAUNCH_ENV}
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        torch.set_num_threads(threads)
 
 
 def remove_if_only_hydra_files(folder: Path) -> None:

@@ -13,7 +13,8 @@ import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.types import RunMode
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.loggers import WandbLogger
@@ -115,12 +116,27 @@ def check_memory(cfg: DictConfig) -> None:
             f"{available / 2**30:.1f} GiB available; lower {knobs}")
 
 
-def configure_threads() -> None:
-    """Parallel jobs of the joblib launcher share the cores: cores / jobs threads each."""
-    if HydraConfig.initialized():
-        launcher = HydraConfig.get().launcher
-        if "joblib" in str(launcher.get("_target_", "")):
-            torch.set_num_threads(threads_per_job(launcher.get("n_jobs")))
+def configure_threads() -> int | None:
+    """Jobs of a sweep that share a machine share its cores; returns the threads set, or None if left as they were.
+
+    joblib launcher: cores / n_jobs threads each (in its worker processes, where Hydra's config is set; an
+    OMP_NUM_THREADS in the environment does not override it). submitit launchers: `cpus_per_task` threads if set.
+    """
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None  # a single run is alone on the machine, even with a launcher chosen
+    from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
+
+    launcher = HydraConfig.get().launcher
+    kind = get_class(launcher._target_)
+    if issubclass(kind, JoblibLauncher):
+        threads = threads_per_job(launcher.get("n_jobs"))
+    elif issubclass(kind, BaseSubmititLauncher) and launcher.get("cpus_per_task"):
+        threads = launcher.cpus_per_task
+    else:
+        return None
+    torch.set_num_threads(threads)
+    return threads
 
 
 def train(cfg: DictConfig) -> dict:
@@ -180,13 +196,15 @@ def _train(cfg: DictConfig, folder: RunFolder, config: dict, this_hash: str, wri
     wandb_id = state.get("wandb_id") or uuid.uuid4().hex[:12]
     if writer:
         folder.write_json(STATE, {"config_hash": this_hash, "run_name": cfg.run_name, "wandb_id": wandb_id})
-    configure_threads()
+    if (threads := configure_threads()) is not None:
+        print(f"{cfg.run_name}: {threads} threads (jobs of this sweep share the machine)")
     # The previous job of a multirun leaves its trainer, data and model in reference cycles: free them now, so
     # this job's peak memory is its own.
     gc.collect()
     results = {"status": "failed", "network": cfg.get("network") or model_name(cfg),
                "seed": cfg.seed, "run_name": cfg.run_name, "group": cfg.get("group"), "config_hash": this_hash,
-               "experiment_hash": experiment_hash(cfg), "csv": "csv/metrics.csv", "metrics": {}}
+               "experiment_hash": experiment_hash(cfg), "csv": "csv/metrics.csv",
+               "torch_threads": torch.get_num_threads(), "metrics": {}}
     if progress is not None:
         dropped = folder.truncate_csv(progress["epochs_done"], progress["global_step"]) if writer else 0
         where = "mid-epoch, " if progress["mid_epoch"] else ""

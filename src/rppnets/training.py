@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
+from torch.nn.parallel import DistributedDataParallel
 
 from rppnets.checkpointing import AtomicCheckpointIO, LastCheckpoint, Preempted, RandomStates, StopSignals, \
     checkpoint_progress
@@ -160,6 +161,10 @@ def train(cfg: DictConfig) -> dict:
     # Build everything that can reject a value before the run folder is touched.
     datamodule = _build(cfg, "data")
     module = Classifier(_build(cfg, "model"), optimizer=_build(cfg, "optimizer"))
+    # Under DDP the permutation indices are not broadcast from rank 0: each rank builds the same ones from the seed,
+    # and neither gloo nor NCCL can send their int16.
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+        module, [name for name, buffer in module.named_buffers() if not buffer.is_floating_point()])
     with open_dict(cfg):
         cfg.run_name = cfg.get("run_name") or run_name(cfg)
     config["run_name"] = cfg.run_name

@@ -72,3 +72,57 @@ for path in sorted(Path(sys.argv[1]).glob("*/results.json")):
           f"{metrics.get('test/acc', float('nan')):>10.4f}")
 EOF
 fi
+
+# ======================================================================================================================
+# Section `stop` (its own call: bash benchmarks/gpu_checks.sh data stop; about 3 minutes): pre-emption, resume and DDP
+# on CUDA. A run with trainer=gpu stopped by SIGTERM (SLURM's signal at a time limit or pre-emption) must exit with
+# 143 and keep last.ckpt; the same command then resumes it and finishes. The same after SIGKILL (nothing saved at
+# the kill: it resumes from the last step checkpoint). Then one epoch of trainer=ddp on every GPU there is (NCCL).
+# PASS/FAIL per check; the script's exit status is the number of failed checks of this section.
+# ======================================================================================================================
+stop_failures=0
+check() {  # check WHAT COMMAND...: run COMMAND, print PASS or FAIL for WHAT
+  local what=$1; shift
+  if "$@"; then echo "PASS: $what"; else echo "FAIL: $what"; stop_failures=$((stop_failures + 1)); fi
+}
+stop_and_resume() {  # stop_and_resume SIGNAL EXPECTED_STATUS
+  local sig=$1 expected=$2 run="$out/stopped-$1" status pid
+  # 6 epochs (2 took 8 s on an H200): stopped mid-training; last.ckpt every 50 steps as well as every epoch
+  local args=(model=rpp logger=csv trainer=gpu trainer.max_epochs=6 callbacks.checkpoint.every_n_train_steps=50
+              "data.root=$root" "hydra.run.dir=$run" ~callbacks.progress_bar +trainer.enable_progress_bar=false)
+  echo "-- a GPU run stopped by SIG$sig, then the same command again"
+  timeout 240 $PY src/train.py "${args[@]}" > "$run.first.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 600); do  # until the first checkpoint is written (start-up takes a while)
+    [ -f "$run/checkpoints/last.ckpt" ] && break
+    kill -0 "$pid" 2> /dev/null || break
+    sleep 0.2
+  done
+  sleep 1
+  pkill -"$sig" -P "$pid"  # the training process, child of timeout
+  wait "$pid"; status=$?
+  tail -3 "$run.first.log"
+  check "SIG$sig: exit status $status is $expected" [ "$status" -eq "$expected" ]
+  check "SIG$sig: last.ckpt kept" [ -f "$run/checkpoints/last.ckpt" ]
+  check "SIG$sig: no results.json yet" [ ! -f "$run/results.json" ]
+  timeout 240 $PY src/train.py "${args[@]}" > "$run.second.log" 2>&1; status=$?
+  grep -m1 "resuming from epoch" "$run.second.log"
+  tail -4 "$run.second.log"
+  check "SIG$sig: the rerun exits 0" [ "$status" -eq 0 ]
+  check "SIG$sig: the rerun resumed from the checkpoint" grep -q "resuming from epoch" "$run.second.log"
+  check "SIG$sig: the rerun finished" grep -q '"status": "finished"' "$run/results.json"
+}
+if section stop "pre-emption (SIGTERM, SIGKILL) and resume on the GPU, then DDP on every GPU"; then
+  stop_and_resume TERM 143
+  stop_and_resume KILL 137
+  gpus=$(nvidia-smi -L | wc -l)
+  echo "-- one epoch of trainer=ddp on all $gpus GPUs (NCCL)"
+  timeout 240 $PY src/train.py model=rpp logger=csv trainer=ddp trainer.accelerator=gpu "trainer.devices=$gpus" \
+    trainer.max_epochs=1 "data.root=$root" "hydra.run.dir=$out/ddp" ~callbacks.progress_bar \
+    +trainer.enable_progress_bar=false > "$out/ddp.log" 2>&1; status=$?
+  tail -4 "$out/ddp.log"
+  check "DDP on $gpus GPUs: exit status $status is 0" [ "$status" -eq 0 ]
+  check "DDP on $gpus GPUs: finished" grep -q '"status": "finished"' "$out/ddp/results.json"
+  echo "== stop: $stop_failures failed checks"
+fi
+exit "$stop_failures"

@@ -15,22 +15,33 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from pytorch_lightning import Callback
 
-from conftest import CONF_DIR
+from helpers import CONF_DIR
 from rppnets.resources import threads_per_job
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-class SignalAtStep(Callback):
-    """Test helper: the job sends itself `signum` after training step `step`, as SLURM would before a time limit;
-    under (stand-in) SLURM only on its first attempt, so that the requeued job runs to the end."""
+class SignalOnce(Callback):
+    """Test helper: the job sends itself `signum` once (the file `once` records it), as SLURM would: after training
+    step `step`, or at the first validation batch of epoch `validation_epoch`. A rerun of the same job does not."""
 
-    def __init__(self, step: int, signum: str = "SIGUSR2"):
-        self.step, self.signum = step, signal.Signals[signum]
+    def __init__(self, once: str, step: int | None = None, validation_epoch: int | None = None,
+                 signum: str = "SIGUSR2"):
+        self.once, self.step, self.validation_epoch = Path(once), step, validation_epoch
+        self.signum = signal.Signals[signum]
+
+    def _send(self) -> None:
+        if not self.once.exists():
+            self.once.touch()
+            os.kill(os.getpid(), self.signum)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step == self.step and os.environ.get("SLURM_RESTART_COUNT", "0") == "0":
-            os.kill(os.getpid(), self.signum)
+        if trainer.global_step == self.step:
+            self._send()
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        if not trainer.sanity_checking and trainer.current_epoch == self.validation_epoch:
+            self._send()
 
 
 def quick(fake_root: Path) -> list[str]:
@@ -40,12 +51,16 @@ def quick(fake_root: Path) -> list[str]:
             "~callbacks.progress_bar", "logger=csv", "model.width=16"]
 
 
-def sweep(args: list[str], env: dict | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
-    """`python src/train.py -m ...` with this checkout's code (and the tests' helpers) importable in every job."""
+def train_py(args: list[str], env: dict | None = None, timeout: int = 240) -> subprocess.CompletedProcess:
+    """`python src/train.py ...` with this checkout's code (and the tests' helpers) importable in every job."""
     path = os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])
     full_env = os.environ | {"PYTHONPATH": path, "WANDB_MODE": "offline"} | (env or {})
-    return subprocess.run([sys.executable, "src/train.py", "-m", *args], cwd=ROOT, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "src/train.py", *args], cwd=ROOT, env=full_env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def sweep(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+    return train_py(["-m", *args], env)
 
 
 def job_results(sweep_dir: Path) -> list[dict]:
@@ -136,11 +151,11 @@ def fake_slurm(folder: Path) -> dict:
 def test_slurm_job_stopped_before_its_time_limit_requeues_itself_and_resumes(tmp_path, fake_root):
     slurm, sweep_dir = tmp_path / "slurm", tmp_path / "sweep"
     env = fake_slurm(slurm)
-    # The job gets SIGUSR2 after step 6 of 7 (what signal_delay_s asks SLURM to send before the limit); past the
-    # steps whose memory is profiled (2-5), as a stop inside them crashes the process at exit (exit 139).
+    # The job gets SIGUSR2 after step 6 of 7 (what signal_delay_s asks SLURM to send before the limit).
     result = sweep([*quick(fake_root), "hydra/launcher=slurm", "hydra.launcher.partition=cpu", "seed=0",
-                    "trainer.log_every_n_steps=1", "+callbacks.stop._target_=test_launchers.SignalAtStep",
-                    "+callbacks.stop.step=6", f"hydra.sweep.dir={sweep_dir}"], env=env)
+                    "trainer.log_every_n_steps=1", "+callbacks.stop._target_=test_launchers.SignalOnce",
+                    f"+callbacks.stop.once={tmp_path / 'signalled'}", "+callbacks.stop.step=6",
+                    f"hydra.sweep.dir={sweep_dir}"], env=env)
     logs = "\n".join(path.read_text() for path in sweep_dir.glob(".submitit/*/*_log.*"))
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:] + logs[-4000:]
 
@@ -176,3 +191,20 @@ def test_slurm_launcher_config_runs_the_figure_sweep(tmp_path):
     assert (launcher["tasks_per_node"], launcher["signal_delay_s"], launcher["additional_parameters"]) == (
         1, 120, {"requeue": True})
     assert ddp.hydra.launcher.tasks_per_node == 2
+
+
+@pytest.mark.slow
+def test_sigterm_during_validation_stops_the_job_like_one_during_a_training_step(tmp_path, fake_root):
+    """Lightning stops on SIGTERM outside a training step with its own SystemExit: that was exit status 0 and a job
+    recorded as failed, which a launcher (and SLURM) took for a job that had ended."""
+    run = tmp_path / "run"
+    args = [*quick(fake_root), "data.eval_batch_size=8", "trainer.max_epochs=2",
+            "+callbacks.stop._target_=test_launchers.SignalOnce", f"+callbacks.stop.once={tmp_path / 'signalled'}",
+            "+callbacks.stop.validation_epoch=0", "+callbacks.stop.signum=SIGTERM", f"hydra.run.dir={run}"]
+    stopped = train_py(args)
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stdout[-2000:] + stopped.stderr[-3000:]
+    assert (run / "checkpoints" / "last.ckpt").is_file() and not (run / "results.json").exists()
+    again = train_py(args)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
+    assert "resuming from epoch 0 of 2" in again.stdout
+    assert json.loads((run / "results.json").read_text())["status"] == "finished"

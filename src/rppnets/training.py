@@ -5,6 +5,7 @@ import hashlib
 import json
 import math
 import os
+import signal
 import time
 import uuid
 from pathlib import Path
@@ -18,6 +19,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.loggers import WandbLogger
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch.nn.parallel import DistributedDataParallel
 
@@ -244,6 +246,11 @@ def _train(cfg: DictConfig, folder: RunFolder, config: dict, this_hash: str, wri
         metrics["time/wall_s"] = time.perf_counter() - started
         wandb_dir = next((lg.experiment.dir for lg in loggers if isinstance(lg, WandbLogger)), None)
         results.update(status="finished", metrics=metrics)
+    except SIGTERMException as err:
+        # Lightning's own stop on SIGTERM outside a training step (validation, testing), after LastCheckpoint saved:
+        # a stop like ours, not a SystemExit with status 0 and a job recorded as failed
+        failure = Preempted(signal.SIGTERM)
+        raise failure from err
     except BaseException as err:
         failure = err
         raise

@@ -89,7 +89,7 @@ stop_and_resume() {  # stop_and_resume SIGNAL EXPECTED_STATUS
   local sig=$1 expected=$2 run="$out/stopped-$1" status pid
   # 6 epochs (2 took 8 s on an H200): stopped mid-training; last.ckpt every 50 steps as well as every epoch
   local args=(model=rpp logger=csv trainer=gpu trainer.max_epochs=6 callbacks.checkpoint.every_n_train_steps=50
-              "data.root=$root" "hydra.run.dir=$run" ~callbacks.progress_bar +trainer.enable_progress_bar=false)
+              "data.root=$root" "hydra.run.dir=$run" ~callbacks.progress_bar)
   echo "-- a GPU run stopped by SIG$sig, then the same command again"
   timeout 240 $PY src/train.py "${args[@]}" > "$run.first.log" 2>&1 &
   pid=$!
@@ -119,7 +119,7 @@ if section stop "pre-emption (SIGTERM, SIGKILL) and resume on the GPU, then DDP 
   echo "-- one epoch of trainer=ddp on all $gpus GPUs (NCCL)"
   timeout 240 $PY src/train.py model=rpp logger=csv trainer=ddp trainer.accelerator=gpu "trainer.devices=$gpus" \
     trainer.max_epochs=1 "data.root=$root" "hydra.run.dir=$out/ddp" ~callbacks.progress_bar \
-    +trainer.enable_progress_bar=false > "$out/ddp.log" 2>&1; status=$?
+    > "$out/ddp.log" 2>&1; status=$?
   tail -4 "$out/ddp.log"
   check "DDP on $gpus GPUs: exit status $status is 0" [ "$status" -eq 0 ]
   check "DDP on $gpus GPUs: finished" grep -q '"status": "finished"' "$out/ddp/results.json"

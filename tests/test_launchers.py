@@ -8,6 +8,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -168,6 +169,10 @@ def test_slurm_job_stopped_before_its_time_limit_requeues_itself_and_resumes(tmp
     # submitit, whose launcher kept waiting; attempt 1 resumed from the checkpoint and finished.
     job = (slurm / "requeues").read_text().split()[1]
     assert (slurm / "requeues").read_text().splitlines() == [f"requeue {job}"]
+    for _ in range(300):  # the launcher returns on the job's result file, a moment before the task process exits
+        if len((slurm / "exits").read_text().splitlines()) == 2:
+            break
+        time.sleep(0.1)
     assert (slurm / "exits").read_text().splitlines() == [f"{job} attempt 0 exit 140", f"{job} attempt 1 exit 0"]
     assert "received SIGUSR2" in logs and f"SLURM job {job} requeued" in logs
     assert "resuming from epoch 0 of 1 (mid-epoch, step 6)" in logs

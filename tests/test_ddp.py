@@ -1,4 +1,5 @@
-"""trainer=ddp on 2 CPU processes (gloo): one writer, the same permutations on every rank, a one-process run's result."""
+"""trainer=ddp on 2 CPU processes (gloo): one writer, the same permutations on every rank, a one-process run's
+result; and DDP jobs in a sweep."""
 
 import csv
 import hashlib

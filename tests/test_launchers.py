@@ -126,7 +126,9 @@ out=/dev/null; err=/dev/null
 while [[ $1 == --* ]]; do
   case $1 in --output) out=$2; shift 2;; --error) err=$2; shift 2;; *) shift;; esac
 done
-expand() { local p=${1//%A/$SLURM_ARRAY_JOB_ID}; p=${p//%a/$SLURM_ARRAY_TASK_ID}; p=${p//%j/$SLURM_JOB_ID}; echo "${p//%t/0}"; }
+expand() {
+  local p=${1//%A/$SLURM_ARRAY_JOB_ID}; p=${p//%a/$SLURM_ARRAY_TASK_ID}; p=${p//%j/$SLURM_JOB_ID}; echo "${p//%t/0}"
+}
 out=$(expand "$out"); err=$(expand "$err"); mkdir -p "$(dirname "$out")" "$(dirname "$err")"
 exec "$@" >> "$out" 2>> "$err"
 """,

@@ -4,6 +4,7 @@ import csv
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,14 @@ TEST_KEYS = ("test/loss", "test/acc")
 def run(tmp_path, fake_root, *overrides):
     cfg = compose_train(["trainer.log_every_n_steps=1", *overrides], output_dir=tmp_path, fake_root=fake_root)
     return cfg, train(cfg)
+
+
+def read_when_flushed(path: Path, marker: bytes, timeout: float = 60) -> bytes:
+    """The file's bytes once `marker` is in them: W&B's service process may still be writing after finish()."""
+    deadline = time.monotonic() + timeout
+    while marker not in (content := path.read_bytes()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return content
 
 
 def csv_columns(path: Path) -> dict[str, list[str]]:
@@ -51,7 +60,7 @@ def test_one_epoch_of_each_model_logs_everything(model, tmp_path, fake_root):
 
     # W&B offline: one run in the run folder; its log holds the metric names and the resolved config.
     (wandb_file,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
-    logged = wandb_file.read_bytes()
+    logged = read_when_flushed(wandb_file, b"test/acc")
     for key in RUN_KEYS + EPOCH_KEYS + TEST_KEYS + ("train/loss_step",):
         assert key.encode() in logged, key
     assert cfg.run_name.encode() in logged and b"rppnets.models.MLP" in logged  # the resolved config

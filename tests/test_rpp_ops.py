@@ -35,10 +35,10 @@ def test_opcheck_every_op(device, kind):
     torch.library.opcheck(rpp_ops.permuted_matmul, (x, weight, p, k, kind, None))
     torch.library.opcheck(rpp_ops.permuted_matmul, (x.detach(), weight, p, k, kind, None))  # dW only
     for backend in backends_on(device):  # every backend's outputs have the shapes, dtypes and strides of the fake's
-        utils = None if backend is None else ("test_faketensor",)
+        checks = {} if backend is None else {"test_utils": "test_faketensor"}
         for given in ((x.detach(), weight.detach()), (None, weight.detach()), (x.detach(), None)):
             args = (grad_y, *given, p, M, N, k, kind, backend)
-            torch.library.opcheck(rpp_ops.permuted_matmul_backward, args, **({"test_utils": utils} if utils else {}))
+            torch.library.opcheck(rpp_ops.permuted_matmul_backward, args, **checks)
     torch.library.opcheck(rpp_ops.permuted_weight, (grad_wp.detach()[:, :N].requires_grad_(), p, k, kind))
     torch.library.opcheck(rpp_ops.fold_weight_grad, (grad_wp, p, k, kind))
     if kind == "keys":

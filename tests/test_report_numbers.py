@@ -1,0 +1,127 @@
+"""The figure's numbers: curves, min-max bands over every seed, and epochs, read back from what the report drew.
+
+The synthetic seeds are chosen so that no single seed is the lowest or highest at every epoch: a band or a mean
+made from fewer seeds than the sweep has gives other numbers.
+"""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from matplotlib.collections import PolyCollection
+
+from rppnets import report
+from rppnets.report_data import LEGEND, Job, curve_rows, final_train_loss, load_sweep, loss_band, summarize
+
+# network -> seed -> training loss per epoch (epochs 0, 1, 2 as Lightning numbers them)
+LOSSES = {
+    "rpp": {0: [2.0, 1.5, 1.2], 1: [2.4, 1.1, 1.3], 2: [1.9, 1.6, 0.9]},
+    "softmax": {0: [3.0, 2.5, 2.0]},
+}
+TEST_ACC = {("rpp", 0): 0.80, ("rpp", 1): 0.86, ("rpp", 2): 0.83, ("softmax", 0): 0.70}
+RPP_MEAN = [(2.0 + 2.4 + 1.9) / 3, (1.5 + 1.1 + 1.6) / 3, (1.2 + 1.3 + 0.9) / 3]
+RPP_LOW, RPP_HIGH = [1.9, 1.1, 0.9], [2.4, 1.6, 1.3]
+
+
+def write_job(folder: Path, network: str, seed: int, losses: list[float]) -> None:
+    """A finished job as training leaves it: Lightning's CSV (step, validation, epoch and test rows) and results."""
+    (folder / "csv").mkdir(parents=True)
+    header = ["epoch", "step", "train/loss_step", "val/loss", "val/acc", "train/loss_epoch", "test/acc"]
+    rows, step = [], 0
+    for epoch, loss in enumerate(losses):
+        step += 5
+        rows += [{"epoch": epoch, "step": step - 1, "train/loss_step": 7.0},
+                 {"epoch": epoch, "step": step - 1, "val/loss": loss + 0.25, "val/acc": 0.5 + epoch / 10},
+                 {"epoch": epoch, "step": step - 1, "train/loss_epoch": loss}]
+    rows.append({"epoch": len(losses), "step": step, "test/acc": TEST_ACC[network, seed]})  # epoch == max_epochs
+    with open(folder / "csv" / "metrics.csv", "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(rows)
+    metrics = {"test/acc": TEST_ACC[network, seed], "train/loss": 99.0, "model/params_trainable": 100 + seed}
+    (folder / "results.json").write_text(json.dumps({
+        "status": "finished", "network": network, "seed": seed, "group": "g", "experiment_hash": "e",
+        "csv": "csv/metrics.csv", "metrics": metrics}))
+
+
+@pytest.fixture()
+def sweep(tmp_path) -> Path:
+    for network, seeds in LOSSES.items():
+        for seed, losses in seeds.items():
+            write_job(tmp_path / f"{network}-seed{seed}", network, seed, losses)
+    return tmp_path
+
+
+def finished(sweep: Path, network: str) -> list[Job]:
+    return [job for job in load_sweep(sweep)[0] if job.network == network]
+
+
+def test_curves_keep_lightnings_epochs_and_every_seeds_values(sweep):
+    jobs = load_sweep(sweep)[0]
+    rows = [(row["network"], row["seed"], row["epoch"], row["train_loss"]) for row in curve_rows(jobs)]
+    assert rows == [(network, seed, epoch, loss) for network, seeds in LOSSES.items()
+                    for seed, losses in seeds.items() for epoch, loss in enumerate(losses)]
+    rpp0 = finished(sweep, "rpp")[0].curve
+    assert list(rpp0) == [0, 1, 2]  # the test row (epoch 3) is no epoch
+    assert rpp0[1] == {"train_loss": 1.5, "val_loss": 1.75, "val_acc": 0.6}
+
+
+def test_band_spans_every_seed_and_the_mean_is_over_every_seed(sweep):
+    epochs, mean, low, high = loss_band(finished(sweep, "rpp"))
+    assert epochs == [0, 1, 2]
+    assert mean == pytest.approx(RPP_MEAN) and low == RPP_LOW and high == RPP_HIGH
+
+
+def test_band_leaves_out_a_seed_where_it_has_no_value():
+    jobs = [Job("rpp", 0, curve={0: {"train_loss": 2.0}, 1: {"train_loss": 1.0}, 2: {"val_loss": 5.0}}),
+            Job("rpp", 1, curve={0: {"train_loss": 4.0}, 2: {"train_loss": 3.0}})]
+    assert loss_band(jobs) == ([0, 1, 2], [3.0, 1.0, 3.0], [2.0, 1.0, 3.0], [4.0, 1.0, 3.0])
+    assert loss_band([]) == ([], [], [], [])
+
+
+def drawn(sweep: Path, monkeypatch) -> "matplotlib.figure.Figure":
+    """The training-loss figure exactly as the report draws it (saving is skipped)."""
+    figures = []
+    monkeypatch.setattr(report, "_save", lambda figure, png, svg: figures.append(figure))
+    report.build_report(sweep, wandb_mode="disabled")
+    (figure,) = figures
+    return figure
+
+
+def test_the_figure_draws_the_mean_over_seeds_at_lightnings_epochs(sweep, monkeypatch):
+    (axes,) = drawn(sweep, monkeypatch).axes
+    lines = {line.get_label(): line for line in axes.get_lines()}
+    assert set(lines) == {LEGEND["rpp"], LEGEND["softmax"]}
+    rpp, softmax = lines[LEGEND["rpp"]], lines[LEGEND["softmax"]]
+    assert list(rpp.get_xdata()) == [0, 1, 2] and list(rpp.get_ydata()) == pytest.approx(RPP_MEAN)
+    assert list(softmax.get_xdata()) == [0, 1, 2] and list(softmax.get_ydata()) == LOSSES["softmax"][0]
+    assert axes.get_xlim() == (0, 2) and axes.get_xlabel() == "Epochs"
+
+
+def test_the_figures_band_is_the_min_and_max_over_every_seed(sweep, monkeypatch):
+    (axes,) = drawn(sweep, monkeypatch).axes
+    bands = [c for c in axes.collections if isinstance(c, PolyCollection)]
+    assert len(bands) == 1  # rpp only: softmax has one seed, nothing to span
+    vertices = bands[0].get_paths()[0].vertices
+    for epoch in range(3):
+        ys = vertices[vertices[:, 0] == epoch][:, 1]
+        assert (min(ys), max(ys)) == pytest.approx((RPP_LOW[epoch], RPP_HIGH[epoch])), epoch
+    assert sorted(set(vertices[:, 0])) == [0, 1, 2]
+
+
+def test_summary_means_and_ranges_are_over_every_seed(sweep):
+    rows = {row["network"]: row for row in summarize(load_sweep(sweep)[0])}
+    rpp = rows["rpp"]
+    assert rpp["seeds"] == rpp["jobs"] == 3
+    assert rpp["final_train_loss"] == pytest.approx((1.2 + 1.3 + 0.9) / 3)  # the curve's last epoch, not train/loss
+    assert rpp["test_acc"] == pytest.approx((0.80 + 0.86 + 0.83) / 3)
+    assert (rpp["test_acc_min"], rpp["test_acc_max"]) == (0.80, 0.86)
+    assert rpp["params_trainable"] == 100  # the first seed's: the count is fixed by the configuration
+    assert rows["softmax"]["final_train_loss"] == 2.0 and rows["softmax"]["seeds"] == 1
+
+
+def test_final_loss_falls_back_to_the_results_when_the_curve_has_none():
+    assert final_train_loss(Job("rpp", 0, metrics={"train/loss": 0.7})) == 0.7
+    assert final_train_loss(Job("rpp", 0, curve={0: {"train_loss": 1.0}, 1: {"train_loss": 0.5}},
+                                metrics={"train/loss": 0.7})) == 0.5

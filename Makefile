@@ -95,3 +95,23 @@ clean-outputs:  ## delete every run and sweep in outputs/: make clean-outputs CO
 	@if [ "$(CONFIRM)" != yes ]; then du -sh outputs/* 2>/dev/null; \
 		echo "This deletes all of the above. To go ahead: make clean-outputs CONFIRM=yes"; exit 1; fi
 	rm -rf outputs/*
+
+# Mutation testing (experiments/mutation/README.md): mutmut changes one thing at a time in the functions whose
+# results reach a figure or a table, and runs the fast tests that cover it; a mutant that no test notices survives.
+# Functions are picked by mutmut's mutant names (module.x_function__mutmut_N); `MUTATE='rppnets.data.*'` picks others.
+MUTATE_MODELS := 'rppnets.models.x_count_*' 'rppnets.models.x_rpp_trainable__*' 'rppnets.models.x_dense_trainable__*'
+MUTATE_REPORT := $(foreach f,read_job read_curve loss_band curve_rows final_train_loss mean_epoch_s summary_row \
+	summarize by_network state_counts _mean _present,'rppnets.report_data.x_$(f)__*')
+MUTATE_DATA := 'rppnets.data.x*InMemoryBatches*' 'rppnets.data.x_load_split__*' \
+	$(foreach f,setup train_dataloader val_dataloader test_dataloader state_dict,'rppnets.data.x*FashionMNISTDataModule*$(f)__*')
+MUTATE_RUN_FOLDER := 'rppnets.run_folder.x__is_epoch_row__*' 'rppnets.run_folder.x_finite_or_none__*' \
+	$(foreach f,finished_results set_aside truncate_csv write_json read_json,'rppnets.run_folder.x*RunFolder*$(f)__*') \
+	$(foreach f,config_hash experiment_hash run_name,'rppnets.training.x_$(f)__*')
+MUTATE_PERMUTATION := $(foreach f,_mix _absorb round_keys feistel_bits round_shape _feistel permuted_rows index_dtype \
+	build_index random_index,'rppnets.permutation.x_$(f)__*')
+MUTATE ?= $(MUTATE_MODELS) $(MUTATE_REPORT) $(MUTATE_DATA) $(MUTATE_RUN_FOLDER) $(MUTATE_PERMUTATION)
+
+.PHONY: mutation
+mutation: setup  ## mutation testing of split, resume, counts, report and P (mutmut, 1-3 hours; not in CI)
+	RPPNETS_CPU_KERNELS=0 OMP_NUM_THREADS=1 WANDB_MODE=disabled $(VENV)/bin/mutmut run $(MUTATE)
+	$(VENV)/bin/mutmut results

@@ -12,7 +12,9 @@ import pytest
 from matplotlib.collections import PolyCollection
 
 from rppnets import report
-from rppnets.report_data import LEGEND, Job, curve_rows, final_train_loss, load_sweep, loss_band, summarize
+from rppnets.report_data import (
+    LEGEND, Job, curve_rows, final_train_loss, load_sweep, loss_band, read_job, summarize, summary_row,
+)
 
 # network -> seed -> training loss per epoch (epochs 0, 1, 2 as Lightning numbers them)
 LOSSES = {
@@ -125,3 +127,75 @@ def test_final_loss_falls_back_to_the_results_when_the_curve_has_none():
     assert final_train_loss(Job("rpp", 0, metrics={"train/loss": 0.7})) == 0.7
     assert final_train_loss(Job("rpp", 0, curve={0: {"train_loss": 1.0}, 1: {"train_loss": 0.5}},
                                 metrics={"train/loss": 0.7})) == 0.5
+
+
+def test_summary_row_takes_means_over_seeds_maxima_for_memory_and_keeps_the_job_counts():
+    jobs = [
+        Job("rpp", 0, curve={0: {"train_loss": 2.0, "epoch_s": 1.0}, 1: {"train_loss": 1.0, "epoch_s": 3.0}},
+            metrics={"test/acc": 0.8, "time/wall_s": 10.0, "time/epoch_s": 50.0, "model/params_trainable": 7,
+                     "model/index_bytes": 80, "memory/state_bytes": 5, "memory/step_peak_bytes": 9,
+                     "memory/data_bytes": 100, "memory/peak_rss_bytes": 1000}),
+        Job("rpp", 1, curve={0: {"train_loss": 4.0, "epoch_s": 5.0}},
+            metrics={"test/acc": 0.9, "time/wall_s": 20.0, "model/params_trainable": 7, "model/index_bytes": 80,
+                     "memory/state_bytes": 6, "memory/step_peak_bytes": 8, "memory/data_bytes": 101,
+                     "memory/cuda_max_allocated_bytes": 900, "memory/peak_rss_bytes": None}),
+        Job("rpp", 2, state="failed", reason="x", metrics={"test/acc": 0.1, "memory/data_bytes": 10**9}),
+        Job("rpp", 3, state="unfinished", reason="no checkpoint"),
+        Job("rpp", 4, state="missing"),
+    ]
+    row = summary_row("rpp", jobs)
+    assert (row["seeds"], row["jobs"], row["failed"], row["unfinished"], row["missing"]) == (2, 5, 1, 1, 1)
+    assert row["final_train_loss"] == (1.0 + 4.0) / 2 and row["test_acc"] == pytest.approx(0.85)
+    assert (row["test_acc_min"], row["test_acc_max"]) == (0.8, 0.9)
+    assert row["epoch_s"] == (2.0 + 5.0) / 2  # each job's mean over its epochs, then over seeds
+    assert row["wall_s"] == 15.0
+    assert (row["params_trainable"], row["index_bytes"]) == (7, 80)
+    assert (row["state_bytes"], row["step_peak_bytes"], row["data_bytes"]) == (6, 9, 101)  # the failed job's out
+    assert (row["peak_memory_bytes"], row["memory_kind"]) == (1000, "cuda_max_allocated+peak_rss")
+
+
+def test_epoch_time_falls_back_to_the_runs_own_number_without_a_curve():
+    jobs = [Job("rpp", 0, metrics={"time/epoch_s": 4.0}), Job("rpp", 1, metrics={"time/epoch_s": 6.0})]
+    assert summary_row("rpp", jobs)["epoch_s"] == 5.0
+
+
+def test_a_network_with_no_finished_job_keeps_a_row_of_counts_and_no_numbers():
+    jobs = [Job("dense_wide", 0, state="failed", reason="diverged", metrics={"test/acc": 0.1}),
+            Job("dense_wide", 1, state="missing")]
+    row = summary_row("dense_wide", jobs)
+    assert (row["seeds"], row["jobs"], row["failed"], row["missing"]) == (0, 2, 1, 1)
+    numbers = ["params_trainable", "index_bytes", "state_bytes", "step_peak_bytes", "data_bytes", "final_train_loss",
+               "test_acc", "test_acc_min", "test_acc_max", "peak_memory_bytes", "memory_kind", "epoch_s", "wall_s"]
+    assert {key: row[key] for key in numbers} == dict.fromkeys(numbers)
+    assert summarize(jobs) == [row]
+
+
+def test_a_jobs_folder_gives_its_state_reason_group_and_metrics_file(tmp_path):
+    write_job(tmp_path / "done", "rpp", 0, [1.0, 0.5])
+    results = json.loads((tmp_path / "done" / "results.json").read_text())
+    job = read_job(tmp_path / "done")
+    assert (job.state, job.group, job.experiment_hash, job.metrics["test/acc"]) == ("finished", "g", "e", 0.80)
+    assert job.curve[1]["train_loss"] == 0.5
+
+    (tmp_path / "done" / "csv").rename(tmp_path / "done" / "logs")  # results.json names where its CSV is
+    (tmp_path / "done" / "results.json").write_text(json.dumps(results | {"csv": "logs/metrics.csv"}))
+    assert read_job(tmp_path / "done").curve[1]["train_loss"] == 0.5
+    (tmp_path / "done" / "logs").rename(tmp_path / "done" / "csv")
+    del results["csv"]  # an older results.json: the default place
+    (tmp_path / "done" / "results.json").write_text(json.dumps(results))
+    assert read_job(tmp_path / "done").curve[1]["train_loss"] == 0.5
+    (tmp_path / "done" / "results.json").write_text(json.dumps(results | {"csv": "gone.csv"}))
+    with pytest.raises(FileNotFoundError, match="results.json names the metrics file .*gone.csv, which does not exist"):
+        read_job(tmp_path / "done")
+
+    (tmp_path / "failed").mkdir()
+    (tmp_path / "failed" / "results.json").write_text(json.dumps({"status": "failed", "network": "rpp", "seed": 1}))
+    job = read_job(tmp_path / "failed")
+    assert (job.state, job.reason, job.describe()) == ("failed", "no reason recorded", "failed: no reason recorded")
+
+    (tmp_path / "killed" / ".hydra").mkdir(parents=True)
+    job = read_job(tmp_path / "killed")
+    assert (job.state, job.reason, job.network, job.seed) == ("unfinished", "no checkpoint", "killed", None)
+    (tmp_path / "killed" / "checkpoints").mkdir()
+    (tmp_path / "killed" / "checkpoints" / "last.ckpt").write_bytes(b"")
+    assert read_job(tmp_path / "killed").describe() == "unfinished (last.ckpt kept)"

@@ -7,6 +7,8 @@ figure shows results of a config nobody asked for.
 import csv
 import json
 import math
+import re
+from pathlib import Path
 
 import pytest
 from conftest import compose_train
@@ -88,6 +90,10 @@ def test_config_hash_ignores_where_and_how_a_job_runs_but_nothing_else():
     assert len(set(hashes)) == len(hashes) and reference not in hashes
 
 
+def test_config_hash_takes_values_json_does_not_know_by_their_text():
+    assert config_hash(config(data={"root": Path("/data")})) == config_hash(config(data={"root": "/data"}))
+
+
 def test_experiment_hash_is_shared_by_the_networks_and_seeds_of_one_figure(tmp_path):
     def hash_of(*overrides):
         folder = tmp_path / str(len(list(tmp_path.iterdir())))  # a folder of its own per job
@@ -136,6 +142,7 @@ def test_results_are_strict_json_written_whole(tmp_path):
     text = (tmp_path / "results.json").read_text()
     assert json.loads(text) == {"loss": None, "acc": 0.5, "n": [1, None], "t": [None, 2]}
     assert "NaN" not in text and "Infinity" not in text
+    assert text == json.dumps({"loss": None, "acc": 0.5, "n": [1, None], "t": [None, 2]}, indent=2)  # for people too
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temporary file left
     assert folder.read_json("results.json")["acc"] == 0.5 and folder.read_json("missing.json") is None
 
@@ -205,3 +212,32 @@ def test_check_writable_makes_the_folders_and_leaves_no_probe(tmp_path):
     folder.check_writable()
     assert (tmp_path / "run" / "checkpoints").is_dir()
     assert not [p for p in (tmp_path / "run").rglob("*") if p.name.startswith(".write-probe")]
+
+
+def test_experiment_hash_ignores_the_excluded_keys_and_resolves_interpolations():
+    def hash_of(**changes):
+        base = {"seed": 0, "run_name": "a", "network": "rpp", "model": {"k": 100}, "trainer": {"max_epochs": 30},
+                "paths": {"output_dir": "/runs/a", "data_dir": "/data/a"}, "data": {"root": "${paths.data_dir}"},
+                "hydra": {"job": {"num": 0}}, "skip_finished": True, "resume": True}
+        return experiment_hash(OmegaConf.create(base | changes))
+
+    reference = hash_of()
+    for same in ({"seed": 4}, {"run_name": "b"}, {"network": "softmax"}, {"model": {"k": 10}},
+                 {"hydra": {"job": {"num": 3}}}, {"skip_finished": False}, {"resume": False},
+                 {"paths": {"output_dir": "/runs/b", "data_dir": "/data/a", "log_dir": "/logs"}}):
+        assert hash_of(**same) == reference, same
+    # data.root names other data through the excluded paths: the resolved config differs, so the experiment does
+    assert hash_of(paths={"output_dir": "/runs/a", "data_dir": "/data/b"}) != reference
+    assert hash_of(trainer={"max_epochs": 2}) != reference
+
+
+def test_set_aside_folders_are_named_by_date_and_time(tmp_path):
+    (tmp_path / "results.json").write_text("{}")
+    moved = RunFolder(tmp_path).set_aside("why")
+    assert re.fullmatch(r"replaced-\d{8}-\d{6}", moved.name)
+
+
+def test_csv_rows_without_a_step_count_as_step_0(tmp_path):
+    folder = RunFolder(tmp_path)
+    write_metrics(folder.csv_path, [{"epoch": 1, "step": "", "train/loss_step": 1.0}])
+    assert folder.truncate_csv(1, 1) == 0  # before the checkpoint's first step: kept

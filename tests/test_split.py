@@ -4,12 +4,14 @@ The files here carry their identity in the pixels (a file marker and the row num
 batch serves can be traced back to the file and the row it came from.
 """
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 from conftest import write_idx
 
-from rppnets.data import FashionMNISTDataModule, InMemoryBatches
+from rppnets.data import CorruptDataError, FashionMNISTDataModule, InMemoryBatches, load_split
 
 TRAIN_ROWS, TEST_ROWS = 300, 50
 TRAIN_FILE, TEST_FILE = 1, 2  # pixel (0, 0) of every image of each file
@@ -179,3 +181,63 @@ def test_processes_together_step_on_the_batches_of_one_process(rows, batch_size,
     for batch, parts in enumerate(zip(*shares)):
         assert sum(parts, []) == one[batch]  # each row of the global batch on exactly one process
     assert all(len(part) == len(one) for part in shares)
+
+
+def test_a_fresh_loader_has_served_nothing_and_draws_from_seed_0_by_default():
+    x, y = torch.arange(10.0)[:, None], torch.arange(10)
+    batches = InMemoryBatches(x, y, batch_size=4, shuffle=True)
+    state = batches.state_dict()
+    assert state["served"] == 0 and torch.equal(state["generator"], torch.Generator().manual_seed(0).get_state())
+    seeded = InMemoryBatches(x, y, batch_size=4, shuffle=True, seed=0)
+    assert [b.tolist() for _, b in batches] == [b.tolist() for _, b in seeded]
+
+
+def test_a_loader_resumed_after_its_first_batch_serves_the_rest_of_that_epoch():
+    x, y = torch.arange(10.0)[:, None], torch.arange(10)
+    batches = InMemoryBatches(x, y, batch_size=4, shuffle=True, seed=2)
+    iterator = iter(batches)
+    first = next(iterator)[1].tolist()
+    state = batches.state_dict()
+    rest = [b.tolist() for _, b in iterator]
+    resumed = InMemoryBatches(x, y, batch_size=4, shuffle=True, seed=77)
+    resumed.load_state_dict(state)
+    assert state["served"] == 1 and [b.tolist() for _, b in resumed] == rest
+    assert sorted(first + sum(rest, [])) == list(range(10))
+
+
+def test_each_ddp_process_of_a_data_module_takes_its_share_of_every_global_batch(traced_root):
+    one = [rows_of(x) for x, _ in data_module(traced_root).train_dataloader()]
+    shares = []
+    for rank in range(2):
+        dm = data_module(traced_root)
+        dm.trainer = SimpleNamespace(world_size=2, global_rank=rank)  # what Lightning sets under DDP
+        shares.append([rows_of(x) for x, _ in dm.train_dataloader()])
+    assert [len(part) for part in shares[0]] == [16] * 8 + [2] and [len(part) for part in shares[1]] == [16] * 8 + [2]
+    assert [a + b for a, b in zip(*shares)] == one
+
+
+def test_global_batches_are_split_into_equal_shares_with_the_remainder_last():
+    x, y = torch.arange(11.0)[:, None], torch.arange(11)
+    sizes = [[len(b) for _, b in InMemoryBatches(x, y, 5, shuffle=False, rank=rank, world_size=3)] for rank in range(3)]
+    assert sizes == [[2, 2, 1], [2, 2, 0], [1, 1, 0]]  # batches of 5, 5 and 1 rows
+    rows = [[b.tolist() for _, b in InMemoryBatches(x, y, 5, shuffle=False, rank=rank, world_size=3)]
+            for rank in range(3)]
+    assert rows[0][1] == [5, 6] and rows[1][1] == [7, 8] and rows[2][1] == [9]
+
+
+@pytest.mark.parametrize("train, prefix", [(True, "train"), (False, "t10k")])
+def test_unreadable_files_are_named(tmp_path, train, prefix):
+    (tmp_path / "FashionMNIST" / "raw").mkdir(parents=True)
+    with pytest.raises(CorruptDataError, match=f"^cannot read {tmp_path}/FashionMNIST/raw/{prefix}-\\*-ubyte: "):
+        load_split(tmp_path, train=train)
+
+
+def test_setup_puts_every_split_on_the_trainers_device_once(traced_root):
+    dm = FashionMNISTDataModule(root=str(traced_root), val_size=40, system_dir=None, download=False, verify_md5=False)
+    dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("meta")))  # stands in for a GPU
+    dm.prepare_data()
+    dm.setup()
+    tensors = (dm.x_train, dm.y_train, dm.x_val, dm.y_val, dm.x_test, dm.y_test)
+    assert {t.device.type for t in tensors} == {"meta"}
+    dm.setup("test")  # Lightning calls setup once per stage: the data stay as they are
+    assert all(a is b for a, b in zip((dm.x_train, dm.y_train, dm.x_val, dm.y_val, dm.x_test, dm.y_test), tensors))

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import compose_train
+from helpers import compose_train
 from omegaconf import OmegaConf
 
 from rppnets import training
@@ -91,7 +91,7 @@ def test_config_hash_ignores_where_and_how_a_job_runs_but_nothing_else():
 
 
 def test_config_hash_takes_values_json_does_not_know_by_their_text():
-    assert config_hash(config(data={"root": Path("/data")})) == config_hash(config(data={"root": "/data"}))
+    assert config_hash(config(extra={"path": Path("/data")})) == config_hash(config(extra={"path": "/data"}))
 
 
 def test_experiment_hash_is_shared_by_the_networks_and_seeds_of_one_figure(tmp_path):
@@ -217,17 +217,19 @@ def test_check_writable_makes_the_folders_and_leaves_no_probe(tmp_path):
 def test_experiment_hash_ignores_the_excluded_keys_and_resolves_interpolations():
     def hash_of(**changes):
         base = {"seed": 0, "run_name": "a", "network": "rpp", "model": {"k": 100}, "trainer": {"max_epochs": 30},
-                "paths": {"output_dir": "/runs/a", "data_dir": "/data/a"}, "data": {"root": "${paths.data_dir}"},
-                "hydra": {"job": {"num": 0}}, "skip_finished": True, "resume": True}
+                "paths": {"output_dir": "/runs/a", "batch_size": 128}, "hydra": {"job": {"num": 0}},
+                "data": {"root": "/data/a", "batch_size": "${paths.batch_size}"}, "skip_finished": True,
+                "resume": True}
         return experiment_hash(OmegaConf.create(base | changes))
 
     reference = hash_of()
     for same in ({"seed": 4}, {"run_name": "b"}, {"network": "softmax"}, {"model": {"k": 10}},
                  {"hydra": {"job": {"num": 3}}}, {"skip_finished": False}, {"resume": False},
-                 {"paths": {"output_dir": "/runs/b", "data_dir": "/data/a", "log_dir": "/logs"}}):
+                 {"paths": {"output_dir": "/runs/b", "batch_size": 128, "log_dir": "/logs"}},
+                 {"data": {"root": "/data/b", "batch_size": "${paths.batch_size}"}}):  # where the data lie
         assert hash_of(**same) == reference, same
-    # data.root names other data through the excluded paths: the resolved config differs, so the experiment does
-    assert hash_of(paths={"output_dir": "/runs/a", "data_dir": "/data/b"}) != reference
+    # an included key that takes its value from an excluded one counts with that value
+    assert hash_of(paths={"output_dir": "/runs/a", "batch_size": 64}) != reference
     assert hash_of(trainer={"max_epochs": 2}) != reference
 
 

@@ -4,14 +4,18 @@ The files here carry their identity in the pixels (a file marker and the row num
 batch serves can be traced back to the file and the row it came from.
 """
 
+import gzip
+import hashlib
+import shutil
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from conftest import write_idx
+from helpers import write_idx
 
-from rppnets.data import CorruptDataError, FashionMNISTDataModule, InMemoryBatches, load_split
+from rppnets import data
+from rppnets.data import CorruptDataError, DataNotFoundError, FashionMNISTDataModule, InMemoryBatches, load_split
 
 TRAIN_ROWS, TEST_ROWS = 300, 50
 TRAIN_FILE, TEST_FILE = 1, 2  # pixel (0, 0) of every image of each file
@@ -225,11 +229,13 @@ def test_global_batches_are_split_into_equal_shares_with_the_remainder_last():
     assert rows[0][1] == [5, 6] and rows[1][1] == [7, 8] and rows[2][1] == [9]
 
 
-@pytest.mark.parametrize("train, prefix", [(True, "train"), (False, "t10k")])
-def test_unreadable_files_are_named(tmp_path, train, prefix):
-    (tmp_path / "FashionMNIST" / "raw").mkdir(parents=True)
-    with pytest.raises(CorruptDataError, match=f"^cannot read {tmp_path}/FashionMNIST/raw/{prefix}-\\*-ubyte: "):
-        load_split(tmp_path, train=train)
+def test_a_split_whose_files_do_not_fit_is_refused_by_name(tmp_path):
+    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", np.zeros((5, 28, 28), dtype=np.uint8))
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.zeros(4, dtype=np.uint8))
+    with pytest.raises(CorruptDataError, match=f"^{tmp_path}: 5 t10k images but 4 labels$"):
+        load_split(tmp_path, train=False, verify_md5=False)
+    with pytest.raises(CorruptDataError, match="train-images-idx3-ubyte.gz is corrupt"):
+        load_split(tmp_path, train=True, verify_md5=False)
 
 
 def test_setup_puts_every_split_on_the_trainers_device_once(traced_root):
@@ -241,3 +247,49 @@ def test_setup_puts_every_split_on_the_trainers_device_once(traced_root):
     assert {t.device.type for t in tensors} == {"meta"}
     dm.setup("test")  # Lightning calls setup once per stage: the data stay as they are
     assert all(a is b for a, b in zip((dm.x_train, dm.y_train, dm.x_val, dm.y_val, dm.x_test, dm.y_test), tensors))
+
+
+def content_md5(path) -> str:
+    with gzip.open(path, "rb") as file:
+        return hashlib.md5(file.read()).hexdigest()
+
+
+@pytest.mark.parametrize("official", ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                                      "t10k-labels-idx1-ubyte"])
+def test_every_file_is_checked_against_its_official_md5(traced_root, monkeypatch, official):
+    raw = traced_root / "FashionMNIST" / "raw"
+    for name in data.CONTENT_MD5:  # the traced files pass as official, all but one
+        if name != official:
+            monkeypatch.setitem(data.CONTENT_MD5, name, content_md5(raw / f"{name}.gz"))
+    dm = FashionMNISTDataModule(root=str(traced_root), val_size=40, system_dir=None, verify_md5=True)
+    with pytest.raises(CorruptDataError, match=f"{official}.gz is corrupt: MD5 of its content"):
+        dm.setup()
+    if official.startswith("train"):
+        with pytest.raises(CorruptDataError, match=f"{official}.gz is corrupt"):
+            load_split(raw, train=True)  # checked by default
+
+
+def test_the_data_line_says_whether_the_md5_sums_were_checked(traced_root, monkeypatch, capsys):
+    data_module(traced_root)
+    line = "MD5 check off (data.verify_md5=false); 260 training, 40 validation, 50 test images"
+    assert line in capsys.readouterr().out
+    raw = traced_root / "FashionMNIST" / "raw"
+    for name in data.CONTENT_MD5:
+        monkeypatch.setitem(data.CONTENT_MD5, name, content_md5(raw / f"{name}.gz"))
+    FashionMNISTDataModule(root=str(traced_root), val_size=40, system_dir=None, verify_md5=True).setup()
+    assert "official MD5 sums checked; 260 training" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("where", ["root", "system_dir"])
+def test_setup_finds_files_another_process_downloaded(traced_root, tmp_path, monkeypatch, where):
+    # under DDP prepare_data downloads on one process per node; the others find the files when they set up
+    monkeypatch.chdir(tmp_path)  # no data/ here
+    folder = tmp_path / "files"
+    root, system_dir = (str(folder), None) if where == "root" else (None, str(folder))
+    dm = FashionMNISTDataModule(root=root, val_size=40, system_dir=system_dir, download=True, verify_md5=False)
+    assert dm.source is None  # nothing there yet: to be downloaded
+    with pytest.raises(DataNotFoundError):
+        dm.setup()  # still nothing: named, not a crash
+    shutil.copytree(traced_root / "FashionMNIST" / "raw", folder)
+    dm.setup()
+    assert dm.source.folder == folder and len(rows_of(dm.x_train)) == TRAIN_ROWS - 40

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from rppnets import training
 from rppnets.run_folder import RunFolder, finite_or_none
-from rppnets.training import config_hash, experiment_hash, run_name, train
+from rppnets.training import config_hash, experiment_hash, run_hash, run_name, train
 
 
 @pytest.fixture()
@@ -34,7 +34,7 @@ def trainings(monkeypatch):
 
 def finished_results(cfg, **changes) -> dict:
     results = {"status": "finished", "run_name": "x", "metrics": {"test/acc": 0.5},
-               "config_hash": config_hash(OmegaConf.to_container(cfg, resolve=True))}
+               "config_hash": run_hash(cfg)}
     return results | changes
 
 
@@ -50,9 +50,33 @@ def test_a_results_json_of_another_config_makes_train_run_again(tmp_path, fake_r
     old = compose_train(["skip_finished=true", "logger=csv"], output_dir=tmp_path, fake_root=fake_root)
     RunFolder(tmp_path).write_json("results.json", finished_results(old))
     cfg = compose_train(["skip_finished=true", "logger=csv", change], output_dir=tmp_path, fake_root=fake_root)
-    expected = config_hash(OmegaConf.to_container(cfg, resolve=True))  # before train() names the run
+    expected = run_hash(cfg)  # before train() names the run
     assert expected != finished_results(old)["config_hash"]
     assert train(cfg) == {"trained": expected} and trainings == [expected]
+
+
+def test_a_finished_job_is_still_skipped_after_its_sweep_folder_moved(tmp_path, fake_root, trainings):
+    """Sweeps get copied off clusters and merged: the run folder is interpolated into the loggers' and checkpoint's
+    folders, and must not count as config."""
+    first = tmp_path / "cluster" / "rpp-seed0"
+    first.mkdir(parents=True)
+    RunFolder(first).write_json("results.json", finished_results(
+        compose_train(["skip_finished=true", "logger=csv"], output_dir=first, fake_root=fake_root)))
+    moved = tmp_path / "merged" / "rpp-seed0"
+    moved.parent.mkdir()
+    first.rename(moved)
+    cfg = compose_train(["skip_finished=true", "logger=csv"], output_dir=moved, fake_root=fake_root)
+    assert cfg.callbacks.checkpoint.dirpath.startswith(str(moved))
+    assert train(cfg) == {"test/acc": 0.5} and trainings == []
+
+
+def test_the_progress_bar_is_not_part_of_the_run(tmp_path):
+    def hash_of(*overrides):
+        return run_hash(compose_train(["logger=csv", *overrides], output_dir=tmp_path))
+
+    reference = hash_of()
+    assert hash_of("~callbacks.progress_bar", "+trainer.enable_progress_bar=false") == reference
+    assert hash_of("~callbacks.memory") != reference
 
 
 @pytest.mark.parametrize("status", ["failed", "unfinished"])

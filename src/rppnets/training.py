@@ -37,24 +37,40 @@ class ConfigError(ValueError):
     """A config value that cannot work; raised before any training starts."""
 
 
-# Keys that decide where things are or how a run is driven, never what it computes (the data is checked by MD5).
-NEUTRAL_DATA_KEYS = ("root", "system_dir", "download", "verify_md5")
+# Keys that decide where things are, or what the console shows, never what a run computes (the data is checked by
+# MD5 wherever it lies): left out of the config hash along with `paths` and `hydra`.
+NEUTRAL_KEYS = {"data": ("root", "system_dir", "download", "verify_md5"), "callbacks": ("progress_bar",),
+                "trainer": ("enable_progress_bar",)}
 
 
 def config_hash(config: dict, exclude=("paths", "hydra", "skip_finished", "resume")) -> str:
-    """A short hash of what decides a run's results: the resolved config minus `exclude` and the data's location."""
+    """A short hash of what decides a run's results: the resolved config minus `exclude` and NEUTRAL_KEYS."""
     kept = {key: value for key, value in config.items() if key not in exclude}
-    if isinstance(kept.get("data"), dict):
-        kept["data"] = {key: value for key, value in kept["data"].items() if key not in NEUTRAL_DATA_KEYS}
+    for group, keys in NEUTRAL_KEYS.items():
+        if isinstance(kept.get(group), dict):
+            kept[group] = {key: value for key, value in kept[group].items() if key not in keys}
     return hashlib.sha1(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def _resolved_anywhere(cfg: DictConfig, **values) -> dict:
+    """The resolved config as if the run folder were "" (it is interpolated into the loggers' and checkpoint's
+    folders), with `values` set first: a job keeps its hash when its folder or sweep is moved."""
+    neutral = cfg.copy()
+    with open_dict(neutral):
+        neutral.paths.output_dir = ""
+        for key, value in values.items():
+            neutral[key] = value
+    return OmegaConf.to_container(neutral, resolve=True)
+
+
+def run_hash(cfg: DictConfig) -> str:
+    """What makes two runs the same run: compared by resume and skip_finished, wherever the run folder lies."""
+    return config_hash(_resolved_anywhere(cfg))
 
 
 def experiment_hash(cfg: DictConfig) -> str:
     """What must match across the jobs of one figure: the config apart from network, seed and run folder."""
-    neutral = cfg.copy()
-    with open_dict(neutral):
-        neutral.seed, neutral.run_name, neutral.paths.output_dir = 0, "", ""  # also where they are interpolated
-    return config_hash(OmegaConf.to_container(neutral, resolve=True),
+    return config_hash(_resolved_anywhere(cfg, seed=0, run_name=""),
                        exclude=("model", "network", "paths", "hydra", "skip_finished", "resume"))
 
 
@@ -153,7 +169,7 @@ def train(cfg: DictConfig) -> dict:
     check_config(cfg)
     folder = RunFolder(cfg.paths.output_dir)
     config = OmegaConf.to_container(cfg, resolve=True)
-    this_hash = config_hash(config)
+    this_hash = run_hash(cfg)
     if cfg.get("skip_finished") and (results := folder.finished_results(this_hash)):
         print(f"{results['run_name']}: already finished in {folder.path}, skipping (delete results.json to rerun)")
         return results["metrics"]

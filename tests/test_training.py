@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from helpers import compose_train
-from omegaconf import OmegaConf
-from rppnets.training import ConfigError, config_hash, train
+from rppnets.training import ConfigError, run_hash, train
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_KEYS = ("model/params_trainable", "model/params_dense_equivalent", "model/index_elements", "model/index_bytes",
@@ -76,10 +75,26 @@ def test_same_seed_same_result(tmp_path, fake_root):
     assert first["train/loss_epoch"] != other["train/loss_epoch"]
 
 
+@pytest.mark.slow
+def test_compiled_network_trains_like_the_eager_one(tmp_path, fake_root):
+    from torch._dynamo.utils import counters
+
+    _, eager = run(tmp_path / "eager", fake_root, "model=rpp", "model.k=4", "logger=csv")
+    counters.clear()
+    _, compiled = run(tmp_path / "compiled", fake_root, "model=rpp", "model.k=4", "logger=csv", "compile=default")
+    assert counters["stats"]["unique_graphs"] >= 1  # dynamo did compile the network
+    assert compiled["train/loss_epoch"] == pytest.approx(eager["train/loss_epoch"], rel=1e-4)
+    assert compiled["test/loss"] == pytest.approx(eager["test/loss"], rel=1e-4)
+
+    def state_keys(folder):
+        return set(torch.load(folder / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"])
+    assert state_keys(tmp_path / "compiled") == state_keys(tmp_path / "eager")  # resumable by either
+
+
 def test_finished_job_is_not_run_again(tmp_path, fake_root):
     results = {"run_name": "x", "config_hash": None, "metrics": {"test/acc": 0.5}}
     cfg = compose_train(["skip_finished=true", "logger=csv"], output_dir=tmp_path, fake_root=fake_root)
-    results["config_hash"] = config_hash(OmegaConf.to_container(cfg, resolve=True))
+    results["config_hash"] = run_hash(cfg)
     (tmp_path / "results.json").write_text(json.dumps(results))
     assert train(cfg) == {"test/acc": 0.5}
     assert not (tmp_path / "csv").exists()
@@ -93,6 +108,8 @@ def test_finished_job_is_not_run_again(tmp_path, fake_root):
     ("model=rpp model.k=0", "k=0"),
     ("model=rpp model.permutation=feistel", "permutation='feistel'"),
     ("data.val_size=-5", "data.val_size=-5 is invalid"),
+    ("compile=fast", "compile='fast' is invalid; allowed: null .eager., 'default', 'reduce-overhead', 'max-autotune'"),
+    ("compile=true", "compile=True is invalid"),
 ])
 def test_bad_values_stop_before_training(override, message, tmp_path, fake_root):
     cfg = compose_train(override.split(), output_dir=tmp_path, fake_root=fake_root)

@@ -37,6 +37,9 @@ class ConfigError(ValueError):
     """A config value that cannot work; raised before any training starts."""
 
 
+# torch.compile's modes, for the `compile` key (null: eager)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
 # Keys that decide where things are, or what the console shows, never what a run computes (the data is checked by
 # MD5 wherever it lies): left out of the config hash along with `paths` and `hydra`.
 NEUTRAL_KEYS = {"data": ("root", "system_dir", "download", "verify_md5"), "callbacks": ("progress_bar",),
@@ -115,6 +118,8 @@ def check_config(cfg: DictConfig) -> None:
         if lr is not None and not (isinstance(lr, (int, float)) and not isinstance(lr, bool)
                                    and math.isfinite(lr) and lr > 0):
             raise ValueError(f"optimizer.lr={lr!r} is invalid; allowed: a finite number > 0")
+        if (mode := cfg.get("compile")) is not None and mode not in COMPILE_MODES:
+            raise ValueError(f"compile={mode!r} is invalid; allowed: null (eager), {', '.join(map(repr, COMPILE_MODES))}")
     except ValueError as err:
         raise ConfigError(str(err)) from err
     check_memory(cfg)
@@ -179,6 +184,8 @@ def train(cfg: DictConfig) -> dict:
     # Build everything that can reject a value before the run folder is touched.
     datamodule = _build(cfg, "data")
     module = Classifier(_build(cfg, "model"), optimizer=_build(cfg, "optimizer"))
+    if cfg.get("compile"):  # in place: the checkpoint's state_dict keys stay those of the eager network
+        module.net.compile(mode=cfg.compile, fullgraph=True)
     # Under DDP the permutation indices are not broadcast from rank 0: each rank builds the same ones from the seed,
     # and neither gloo nor NCCL can send their int16.
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(

@@ -1,12 +1,15 @@
 """trainer=ddp on 2 CPU processes (gloo): one writer, the same permutations on every rank, a one-process run's
 result; and DDP jobs in a sweep."""
 
+import contextlib
 import csv
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -127,3 +130,56 @@ def test_ddp_jobs_of_a_sweep_each_start_their_own_ranks_in_their_own_folder(tmp_
         # both ranks wrote their probe into this job's folder (${paths.output_dir}), each in a group of 2
         assert [(p["global_rank"], p["world_size"]) for p in probes(job / "probe")] == [(0, 2), (1, 2)]
     assert set((ROOT / "outputs").glob("*/*")) == elsewhere  # no rank started a run or sweep of its own
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGUSR1])
+def test_a_stop_signal_to_a_ddp_run_stops_every_rank_with_a_checkpoint_it_resumes_from(stop, tmp_path, fake_root):
+    """SLURM signals one process or all of them, not at the same step: the ranks must agree on the step to stop
+    after, or the one saving waits forever in a collective the others never join."""
+    run = tmp_path / "ddp"
+    args = ["trainer=ddp", *quick(fake_root), "logger=csv", "trainer.max_epochs=30", "data.batch_size=16",
+            f"hydra.run.dir={run}"]
+    path = os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])
+    env = os.environ | {"PYTHONPATH": path, "WANDB_MODE": "offline"}
+    rank0 = subprocess.Popen([sys.executable, "src/train.py", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not (run / "checkpoints" / "last.ckpt").exists():
+        assert rank0.poll() is None and time.monotonic() < deadline, rank0.stdout.read() if rank0.poll() else ""
+        time.sleep(0.05)
+    (rank1,) = children(rank0.pid)
+    try:
+        time.sleep(0.3)  # into the next epoch
+        rank0.send_signal(stop)
+        output = rank0.communicate(timeout=90)[0]
+        assert rank0.returncode == 128 + stop, output[-3000:]
+        assert waited_for_exit(rank1, timeout=30), "rank 1 still running after rank 0 stopped"
+    finally:  # a hung run must not outlive the test
+        for pid in (rank0.pid, rank1):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        rank0.wait()
+    assert not (run / "results.json").exists() and (run / "checkpoints" / "last.ckpt").is_file()
+
+    rerun = train_py(args, timeout=300)
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-3000:]
+    assert "resuming from epoch" in rerun.stdout
+    assert json.loads((run / "results.json").read_text())["status"] == "finished"
+
+
+def children(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def waited_for_exit(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().split()[2]
+        except FileNotFoundError:
+            return True
+        if state == "Z":  # exited, not yet reaped (its parent is gone)
+            return True
+        time.sleep(0.1)
+    return False

@@ -139,15 +139,18 @@ def test_unwritable_run_folder_is_refused_at_start(fake_root, tmp_path):
 
 @pytest.mark.slow
 def test_second_process_in_a_live_run_folder_is_refused(fake_root, tmp_path):
-    first = start(fake_root, tmp_path, *LONG_RUN)
+    endless = [*LONG_RUN, "trainer.max_epochs=1000"]  # still training when the second has started, however slowly
+    first = start(fake_root, tmp_path, *endless)
     wait_for(tmp_path / "run_state.json", first)
-    second = subprocess.run(cli_args(fake_root, tmp_path, *LONG_RUN), cwd=ROOT, capture_output=True, text=True,
+    second = subprocess.run(cli_args(fake_root, tmp_path, *endless), cwd=ROOT, capture_output=True, text=True,
                             timeout=120)
     assert second.returncode == 1
     assert f"run folder {tmp_path} is in use by another process (pid {first.pid}" in second.stderr
-    output = first.communicate(timeout=300)[0]
-    assert first.returncode == 0, output
-    assert json.loads((tmp_path / "results.json").read_text())["status"] == "finished"
+    assert first.poll() is None  # undisturbed: still training
+    first.send_signal(signal.SIGUSR1)
+    output = first.communicate(timeout=120)[0]
+    assert first.returncode == 128 + signal.SIGUSR1, output
+    assert "resuming" not in output and (tmp_path / "checkpoints" / "last.ckpt").is_file()
 
 
 def test_lock_names_the_holder_and_dies_with_it(tmp_path):

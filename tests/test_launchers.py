@@ -213,5 +213,7 @@ def test_sigterm_during_validation_stops_the_job_like_one_during_a_training_step
     assert (run / "checkpoints" / "last.ckpt").is_file() and not (run / "results.json").exists()
     again = train_py(args)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
-    assert "resuming from epoch 0 of 2" in again.stdout
+    assert "resuming from epoch 1 of 2" in again.stdout  # the stop came after epoch 0's validation
     assert json.loads((run / "results.json").read_text())["status"] == "finished"
+    validated = [row["epoch"] for row in csv.DictReader((run / "csv" / "metrics.csv").open()) if row["val/loss"]]
+    assert validated == ["0", "1"]  # the interrupted validation's metrics were kept, each epoch's once

@@ -66,14 +66,22 @@ class StopSignals:
             self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
+    def take_over(self) -> None:
+        """Installs the handler again over Lightning's, which the trainer sets at the start of each stage: its SIGTERM
+        handler broadcasts to the other ranks from inside the handler, a collective they may never join."""
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self._handle)
+
     def __exit__(self, *exc) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
 
 
 class LastCheckpoint(Checkpoint):
-    """Saves ``last.ckpt`` at the end of every epoch, every `every_n_train_steps` steps if set, and when a stop
-    signal arrives (then raises Preempted). Loggers are flushed first, so the CSV on disk covers the checkpoint.
+    """Saves ``last.ckpt`` at the end of every epoch, every `every_n_train_steps` steps if set, and after the
+    training step (or the validation) in which a stop signal reached any process of the run, then raises Preempted
+    on every rank; a validation under way finishes first, so that resuming loses none of its metrics. Loggers are
+    flushed first, so the CSV on disk covers the checkpoint.
 
     A `Checkpoint` subclass, so Lightning calls its epoch-end hook after the module has logged the epoch's values.
     The fit-level metrics at each save are kept in the checkpoint, for a job that resumes after training ended.
@@ -92,15 +100,30 @@ class LastCheckpoint(Checkpoint):
             logger.save()
         trainer.save_checkpoint(self.path, weights_only=False)  # the full training state, not only weights
 
+    def on_train_start(self, trainer, pl_module):
+        if self.signals is not None:
+            self.signals.take_over()
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if self.signals is not None and self.signals.received is not None:
+        if signum := self.stop_signal(trainer):
             self.save(trainer)
-            raise Preempted(self.signals.received)
+            raise Preempted(signum)
         if self.every_n_train_steps and trainer.global_step % self.every_n_train_steps == 0:
             self.save(trainer)
 
-    def on_train_epoch_end(self, trainer, pl_module):
+    def on_train_epoch_end(self, trainer, pl_module):  # after the epoch's validation
         self.save(trainer)
+        if signum := self.stop_signal(trainer):  # arrived during validation: stop here, its metrics logged
+            raise Preempted(signum)
+
+    def stop_signal(self, trainer: pl.Trainer) -> int | None:
+        """The stop signal any process of the run received, agreed by all of them (the highest if several): SLURM
+        signals one process or all, never at the same step, and every rank must save and stop after the same one."""
+        received = self.signals.received if self.signals is not None and self.signals.received is not None else 0
+        if trainer.world_size > 1:
+            agreed = torch.tensor(received, device=trainer.strategy.root_device)
+            received = int(trainer.strategy.reduce(agreed, reduce_op=torch.distributed.ReduceOp.MAX))
+        return received or None
 
     def on_exception(self, trainer, pl_module, exception):
         if isinstance(exception, SIGTERMException):  # Lightning's own SIGTERM stop, where our handler is not in

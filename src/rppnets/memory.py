@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function
 
+from rppnets.console import silence_known_noise
+
 STATE_PARTS = ("parameters", "gradients", "optimizer", "index", "buffers")
 MODES = ("stored", "shared", "generated")  # the three ways of holding the same P (rppnets.rpp_linear)
 STEP_RANGE = "rppnets.memory.step"  # the profiler range that marks one measured step
@@ -278,6 +280,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=3, help="measured steps (after the first and a warm-up)")
     parser.add_argument("overrides", nargs="*", help="config overrides when composing from conf/ (no --sweep)")
     args = parser.parse_args(argv)
+    silence_known_noise()  # the profiler's and the extension loader's known log lines
     if args.sweep:
         configs = sweep_configs(args.sweep)
     else:

@@ -201,19 +201,32 @@ def test_slurm_launcher_config_runs_the_figure_sweep(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_during_validation_stops_the_job_like_one_during_a_training_step(tmp_path, fake_root):
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGUSR1"])
+def test_a_stop_during_validation_resumes_to_the_uninterrupted_metrics(signum, tmp_path, fake_root):
     """Lightning stops on SIGTERM outside a training step with its own SystemExit: that was exit status 0 and a job
-    recorded as failed, which a launcher (and SLURM) took for a job that had ended."""
-    run = tmp_path / "run"
-    args = [*quick(fake_root), "data.eval_batch_size=8", "trainer.max_epochs=2",
-            "+callbacks.stop._target_=test_launchers.SignalOnce", f"+callbacks.stop.once={tmp_path / 'signalled'}",
-            "+callbacks.stop.validation_epoch=0", "+callbacks.stop.signum=SIGTERM", f"hydra.run.dir={run}"]
-    stopped = train_py(args)
-    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stdout[-2000:] + stopped.stderr[-3000:]
+    recorded as failed, which a launcher (and SLURM) took for a job that had ended. Stopping inside validation, or
+    at the epoch's end, lost that epoch's validation or training metrics from the resumed run's CSV."""
+    run, reference = tmp_path / "run", tmp_path / "reference"
+    args = [*quick(fake_root), "data.eval_batch_size=8", "trainer.max_epochs=3"]
+    stop = ["+callbacks.stop._target_=test_launchers.SignalOnce", f"+callbacks.stop.once={tmp_path / 'signalled'}",
+            "+callbacks.stop.validation_epoch=1", f"+callbacks.stop.signum={signum}", f"hydra.run.dir={run}"]
+    stopped = train_py(args + stop)
+    assert stopped.returncode == 128 + signal.Signals[signum], stopped.stdout[-2000:] + stopped.stderr[-3000:]
     assert (run / "checkpoints" / "last.ckpt").is_file() and not (run / "results.json").exists()
-    again = train_py(args)
+    again = train_py(args + stop)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
-    assert "resuming from epoch 1 of 2" in again.stdout  # the stop came after epoch 0's validation
+    # after epoch 1's validation and one more training step (7 steps an epoch)
+    assert "resuming from epoch 2 of 3 (mid-epoch, step 15)" in again.stdout
     assert json.loads((run / "results.json").read_text())["status"] == "finished"
-    validated = [row["epoch"] for row in csv.DictReader((run / "csv" / "metrics.csv").open()) if row["val/loss"]]
-    assert validated == ["0", "1"]  # the interrupted validation's metrics were kept, each epoch's once
+    assert train_py(args + [f"hydra.run.dir={reference}"]).returncode == 0
+    assert metric_rows(run) == metric_rows(reference)
+
+
+def metric_rows(run: Path) -> tuple[list[dict], dict]:
+    """The CSV's epoch rows, times left out (they differ from run to run), and the run-level values (model and memory
+    numbers, logged again after a resume), the process's peak memory left out."""
+    rows = list(csv.DictReader((run / "csv" / "metrics.csv").open()))
+    epochs = [{k: v for k, v in row.items() if v and not k.startswith("time/")} for row in rows if row["epoch"]]
+    run_level = {k: v for row in rows if not row["epoch"] for k, v in row.items()
+                 if v and k not in ("step", "memory/peak_rss_bytes")}
+    return epochs, run_level

@@ -79,9 +79,9 @@ class StopSignals:
 
 class LastCheckpoint(Checkpoint):
     """Saves ``last.ckpt`` at the end of every epoch, every `every_n_train_steps` steps if set, and after the
-    training step (or the validation) in which a stop signal reached any process of the run, then raises Preempted
-    on every rank; a validation under way finishes first, so that resuming loses none of its metrics. Loggers are
-    flushed first, so the CSV on disk covers the checkpoint.
+    training step in which a stop signal reached any process of the run, then raises Preempted on every rank (a
+    validation under way finishes first, and the stop follows the next step: resuming loses none of the metrics).
+    Loggers are flushed first, so the CSV on disk covers the checkpoint.
 
     A `Checkpoint` subclass, so Lightning calls its epoch-end hook after the module has logged the epoch's values.
     The fit-level metrics at each save are kept in the checkpoint, for a job that resumes after training ended.
@@ -111,10 +111,10 @@ class LastCheckpoint(Checkpoint):
         if self.every_n_train_steps and trainer.global_step % self.every_n_train_steps == 0:
             self.save(trainer)
 
-    def on_train_epoch_end(self, trainer, pl_module):  # after the epoch's validation
+    def on_train_epoch_end(self, trainer, pl_module):
+        # Not the place to stop: Lightning logs the epoch's training metrics after this hook, and a resumed run
+        # would never write them. A signal that arrived during validation stops after the next training step.
         self.save(trainer)
-        if signum := self.stop_signal(trainer):  # arrived during validation: stop here, its metrics logged
-            raise Preempted(signum)
 
     def stop_signal(self, trainer: pl.Trainer) -> int | None:
         """The stop signal any process of the run received, agreed by all of them (the highest if several): SLURM

@@ -175,6 +175,27 @@ def test_the_build_folder_is_keyed_on_source_flags_torch_and_python(monkeypatch,
     assert cpu_kernels.build_key() != key
 
 
+def test_checkouts_with_the_same_source_build_from_one_copy_of_it(cpu_kernel):
+    """build.ninja records the source's path: built from a checkout's own path, every other checkout with the same
+    source would rewrite it and rebuild (~35 s), back and forth."""
+    folder = cpu_kernels.build_directory()
+    ninja = (folder / "build.ninja").read_text()
+    assert str(folder / "cpu_kernels.cpp") in ninja and str(cpu_kernels.SOURCE) not in ninja
+    assert (folder / "cpu_kernels.cpp").read_bytes() == cpu_kernels.SOURCE.read_bytes()
+
+
+def test_the_source_copy_follows_a_changed_source(monkeypatch, tmp_path):
+    source = tmp_path / "checkout" / "cpu_kernels.cpp"
+    source.parent.mkdir()
+    source.write_text("// one\n")
+    monkeypatch.setattr(cpu_kernels, "SOURCE", source)
+    copy = cpu_kernels.build_source(tmp_path)
+    assert copy == tmp_path / "cpu_kernels.cpp" and copy.read_text() == "// one\n"
+    source.write_text("// two\n")
+    assert cpu_kernels.build_source(tmp_path).read_text() == "// two\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkout", "cpu_kernels.cpp"]  # no temporary left
+
+
 TRITON_CHECK = textwrap.dedent(
     """
     import torch

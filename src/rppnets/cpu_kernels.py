@@ -8,9 +8,10 @@ summed by blocks). The tests compare them.
 
 The first `kernel()` compiles them with torch.utils.cpp_extension (about 30 s; `make setup` does it
 once) into a build folder named by a hash of the source, the compiler flags, the torch version and
-the Python version, under TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions): checkouts with
-the same source share one build, and a changed source or environment gets its own instead of
-rebuilding another's. Where the build fails (no C++ compiler), one warning is given and the eager
+the Python version, under TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions), compiled from
+a copy of the source kept in that folder: checkouts with the same source share one build (the
+build file names the copy, not a checkout's path, so they do not rebuild each other), and a changed
+source or environment gets its own. Where the build fails (no C++ compiler), one warning is given and the eager
 reference is used, with the same results. RPPNETS_CPU_KERNELS=0 skips the kernels.
 """
 
@@ -24,8 +25,8 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).parent / "csrc" / "cpu_kernels.cpp"
-CFLAGS = ["-O3", "-fopenmp"]
-LDFLAGS = ["-fopenmp"]
+CFLAGS = ("-O3", "-fopenmp")
+LDFLAGS = ("-fopenmp",)  # tuples: load() appends its own flags to the lists it is given
 
 
 def build_key() -> str:
@@ -46,6 +47,16 @@ def build_directory() -> Path:
     return folder
 
 
+def build_source(folder: Path) -> Path:
+    """The source copied into its build folder (atomically; several processes may start at once)."""
+    copy = folder / SOURCE.name
+    if not copy.is_file() or copy.read_bytes() != SOURCE.read_bytes():
+        tmp = folder / f".{SOURCE.name}.{os.getpid()}.tmp"
+        tmp.write_bytes(SOURCE.read_bytes())
+        os.replace(tmp, copy)
+    return copy
+
+
 @functools.cache
 def kernel():
     """The compiled extension, or None where it cannot be built (after one warning) or is switched off."""
@@ -54,12 +65,13 @@ def kernel():
     from torch.utils.cpp_extension import load
 
     try:
+        folder = build_directory()
         return load(
             "rppnets_cpu_kernels",
-            [str(SOURCE)],
-            extra_cflags=CFLAGS,
-            extra_ldflags=LDFLAGS,
-            build_directory=str(build_directory()),
+            [str(build_source(folder))],
+            extra_cflags=list(CFLAGS),
+            extra_ldflags=list(LDFLAGS),
+            build_directory=str(folder),
         )
     except Exception as error:  # no compiler, no ninja, a broken toolchain: fall back, loudly
         warnings.warn(f"rppnets: the C++ kernels could not be built ({error}); using eager PyTorch", stacklevel=2)

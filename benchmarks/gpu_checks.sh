@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The checks that need a GPU, prepared to run in one go (issue 10's GPU items). From the repo root:
-#   bash benchmarks/gpu_checks.sh [data root] [section ...]      (default: every section, about 12 minutes)
+#   bash benchmarks/gpu_checks.sh [data root] [section ...]      (default: every section, about 14 minutes)
 # Sections, each under its own time limit, so that a device's budget can be split between calls:
-#   tests      the RPP tests with CUDA (opcheck on CUDA, Triton against eager, CUDA graphs of every mode)   ~2 min
+#   tests      the RPP tests with CUDA (opcheck on CUDA, both Triton steps against eager, the fused one's
+#              bfloat16, repeatability and peak memory (no whole W_p), CUDA graphs of every mode)   ~2.5 min
 #   bench      the layer benchmark on CUDA, eager and through torch.compile with CUDA graphs (reduce-overhead,
-#              the Adam step compiled too): RPP step against dense, target at most 1.1x in every mode   ~3 min
+#              the Adam step compiled too): RPP step against dense, target at most 1.1x in every mode, with
+#              rows "mode/triton" (the default, W_p materialised) and "mode/triton-fused" (never W_p) side
+#              by side: the measurement that chooses the CUDA default                                     ~4 min
 #   pipeline   one epoch of the pipeline against a bare loop on the GPU, eager and compiled               ~2 min
 #   reproduce  the figure's five networks x 30 epochs on one GPU, the jobs side by side (joblib), timed
 #              (target: at most 2 minutes), with each network's peak GPU memory                           ~5 min
@@ -34,8 +37,8 @@ if section tests "RPP layer, ops and kernel tests, CUDA ones included"; then
     tests/test_kernels.py tests/test_rpp_ops.py 2>&1 | tee "$out/tests.log" | tail -15
 fi
 
-if section bench "RPP layer benchmark on CUDA: eager, and compiled with CUDA graphs"; then
-  timeout 400 $PY benchmarks/rpp_layer.py --device cuda --shapes 784,10,100 --repeats 15 \
+if section bench "RPP layer benchmark on CUDA, triton and triton-fused: eager, and compiled with CUDA graphs"; then
+  timeout 540 $PY benchmarks/rpp_layer.py --device cuda --shapes 784,10,100 --repeats 15 \
     --compile-mode reduce-overhead --compile-optimizer 2>&1 | grep -v Warning | tee "$out/rpp_layer_cuda.log"
 fi
 

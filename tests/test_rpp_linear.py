@@ -354,3 +354,49 @@ def test_cuda_triton_kernels_match_the_eager_cuda_path(permutation):
     for got, want in zip(with_triton, eager):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     assert torch.equal(with_triton[0], eager[0])  # the same W_p, so the same forward
+
+
+@cuda
+@pytest.mark.parametrize("permutation", PERMUTATIONS)
+def test_cuda_fused_triton_step_matches_the_eager_cuda_path_and_repeats_bit_for_bit(permutation):
+    layer = RPPLinear(784, 10, 100, permutation=permutation, seed=4, layer=1).cuda()
+    x = torch.randn(128, 784, device="cuda", requires_grad=True)
+    layer.backend = "triton-fused"
+    fused, again = forward_backward(layer, x), forward_backward(layer, x)
+    layer.backend = "eager"
+    eager = forward_backward(layer, x)
+    for got, repeated, want in zip(fused, again, eager):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        assert torch.equal(got, repeated)  # no atomics: the same sums in the same order
+    # bfloat16 products (which Triton's interpreter cannot check) against the float32 step
+    layer.backend = "triton-fused"
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        half = forward_backward(layer, x)
+    assert half[0].dtype == torch.bfloat16 and half[2].dtype == torch.float32
+    for got, want in zip(half, eager):
+        torch.testing.assert_close(got.float(), want, atol=0.02 * want.abs().max().item(), rtol=0.05)
+
+
+@cuda
+@pytest.mark.parametrize("permutation", ["stored", "generated"])
+def test_cuda_fused_triton_step_never_allocates_a_whole_w_p(permutation):
+    # the unfused step allocates W_p (m, k*n) in forward and W_p and dW_p in backward; the fused one neither
+    m, n, k = 784, 10, 100
+    layer = RPPLinear(m, n, k, permutation=permutation).cuda()
+    x = torch.randn(128, m, device="cuda")
+    wp_bytes = m * k * n * 4
+
+    def step_peak(backend: str) -> int:
+        layer.backend = backend
+        layer.weight.grad = layer.bias.grad = None
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+        layer(x).sum().backward()  # outputs: y (128, k*n), dW and db; no dx (x needs no gradient)
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - start
+
+    # unfused: W_p in forward, dW_p and its k copies in W's order in backward. Fused, by our count: dy made
+    # contiguous, x^T, the fold's partial dWs and, stored, P^-1 in the index's dtype (int16: half a W_p), 0.9 W_p
+    unfused, fused = step_peak("triton"), step_peak("triton-fused")
+    assert unfused >= 2 * wp_bytes and fused < wp_bytes, (unfused, fused, wp_bytes)

@@ -20,7 +20,7 @@ def p_args(kind: str, device="cpu") -> tuple:
 
 def backends_on(device: str) -> list[str | None]:
     """None (the device's default) and every backend that runs there."""
-    names = {"cpu": ["cpu", "cpu-fused"], "cuda": ["triton"]}[device]
+    names = {"cpu": ["cpu", "cpu-fused"], "cuda": ["triton", "triton-fused"]}[device]
     return [None, "eager"] + [name for name in names if default_backend(device) != "eager"]
 
 
@@ -113,9 +113,13 @@ def test_torch_compile_fullgraph_of_an_rpp_network_equals_eager_in_every_mode():
 
 @cuda
 @pytest.mark.slow
-def test_cuda_graphs_of_an_rpp_network_equal_eager_in_every_mode():
+@pytest.mark.parametrize("backend", [None, "triton-fused"], ids=["default", "triton-fused"])
+def test_cuda_graphs_of_an_rpp_network_equal_eager_in_every_mode(backend):
     # torch.compile's reduce-overhead mode records the forward and backward in CUDA graphs, then replays them
     network = every_mode_network("cuda")
+    for layer in network:
+        if isinstance(layer, RPPLinear):
+            layer.backend = backend
     x = torch.randn(6, 12, device="cuda")
     eager = training_step(network, network, x)
     compiled = torch.compile(network, mode="reduce-overhead", fullgraph=True)

@@ -10,6 +10,10 @@ least, in a fixed order: deterministic). The registered ops (rppnets.rpp_ops) ca
   generated P make its rows once per backward for both.
 - "triton" (the CUDA default): one Triton kernel builds W_p, reading P from the index or generating
   it in registers; one puts dW_p's k copies back in W's order, and a sum adds them. No atomics.
+- "triton-fused": Triton products whose W_p tiles are gathered from W where tl.dot uses them, and dW
+  folded as a gather through P^-1, so neither W_p nor dW_p ever exists (rppnets.triton_kernels). Not
+  yet the default: written without a GPU, it is unmeasured; choose by measurement
+  (benchmarks/gpu_checks.sh bench prints both).
 - "eager": the reference, in plain PyTorch (index_select, and bincount on the CPU or a gather through
   P^-1 and a sum elsewhere); the CPU backends give exactly its W_p, and "cpu" exactly its dW too.
 """
@@ -185,13 +189,14 @@ class CppBackend(EagerBackend):
 
 
 class TritonBackend(EagerBackend):
-    """The Triton kernels on CUDA; P is read from the index or generated in registers, never as rows."""
+    """The Triton kernels on CUDA; P is read from the index or generated in registers, never as rows. With `fused`,
+    the products gather W_p tile by tile and dW is folded from x and dy directly: no W_p, no dW_p."""
 
-    name = "triton"
     device_types = ("cuda",)
 
-    def __init__(self, kernels):
-        self.kernels = kernels
+    def __init__(self, kernels, fused: bool = False):
+        self.kernels, self.fused = kernels, fused
+        self.name = "triton-fused" if fused else "triton"
 
     def _p(self, perm: Permutation) -> dict:
         return {"keys": perm.p} if perm.kind == "keys" else {"index": perm.p}
@@ -210,6 +215,21 @@ class TritonBackend(EagerBackend):
     def for_backward(self, perm):
         return perm  # the kernels read the index or the keys themselves
 
+    def matmul(self, x, weight, perm):
+        if not self.fused or perm.kind == "identity":
+            return super().matmul(x, weight, perm)
+        return self.kernels.fused_matmul(x, weight.to(x.dtype), perm.k, **self._p(perm))
+
+    def backward(self, grad_y, x, weight, perm):
+        if not self.fused or perm.kind == "identity":
+            return super().backward(grad_y, x, weight, perm)
+        p = self._p(perm)
+        grad_x = None if weight is None else self.kernels.fused_grad_input(grad_y, weight.to(grad_y.dtype), perm.k, **p)
+        if x is None:
+            return grad_x, None
+        accumulate = accumulate_dtype(grad_y.dtype)
+        return grad_x, self.kernels.fused_grad_weight(x.to(grad_y.dtype), grad_y, perm.n, perm.k, accumulate, **p)
+
 
 _BACKENDS: dict[str, EagerBackend] = {"eager": EagerBackend()}
 
@@ -225,7 +245,9 @@ def _triton_kernels():
 
 def default_backend(device: torch.device | str) -> str:
     """The name of the fastest backend for a device, found once per device type (building the C++ kernels
-    or importing Triton the first time): "cpu-fused", "triton", or "eager" where neither is available."""
+    or importing Triton the first time): "cpu-fused", "triton", or "eager" where neither is available.
+
+    On CUDA "triton-fused" is made too, but "triton" stays the default until the two are measured on a GPU."""
     device_type = torch.device(device).type
     if device_type == "cpu" and "cpu-fused" not in _BACKENDS:
         module = cpu_kernels.kernel()
@@ -234,7 +256,7 @@ def default_backend(device: torch.device | str) -> str:
     if device_type == "cuda" and "triton" not in _BACKENDS:
         kernels = _triton_kernels()
         if kernels is not None:
-            _BACKENDS["triton"] = TritonBackend(kernels)
+            _BACKENDS["triton"], _BACKENDS["triton-fused"] = TritonBackend(kernels), TritonBackend(kernels, fused=True)
     for name in {"cpu": ("cpu-fused",), "cuda": ("triton",)}.get(device_type, ()):
         if name in _BACKENDS:
             return name

@@ -61,7 +61,7 @@ class RPPLinear(nn.Module):
         backend: None (default) runs each step on the fastest kernels for the input's device,
             found once per device (rppnets.backends.default_backend: fused C++ on the CPU, Triton
             on CUDA, else eager PyTorch); or the name of a backend of rppnets.backends
-            (``"cpu-fused"``, ``"cpu"``, ``"triton"``, ``"eager"``) to force it.
+            (``"cpu-fused"``, ``"cpu"``, ``"triton"``, ``"triton-fused"``, ``"eager"``) to force it.
 
     The step runs as two registered torch ops (rppnets.rpp_ops), so ``torch.compile(model,
     fullgraph=True)`` and CUDA graphs take the layer; only the input is saved for backward.

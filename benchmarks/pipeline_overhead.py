@@ -1,12 +1,13 @@
 """Pipeline overhead: one training epoch through Lightning + our data module + logging vs a bare PyTorch loop.
 
-    python benchmarks/pipeline_overhead.py [--repeats 3] [--widths 1000 10]
+    python benchmarks/pipeline_overhead.py [--repeats 3] [--networks dense_wide rpp dense_narrow] [--device cuda]
 
-Both sides train the same MLP (2 hidden layers) on the same in-memory Fashion-MNIST tensors (batch 128,
-Adam 1e-3, no validation); the pipeline side is `train(cfg)` with the default configs (W&B offline, CSV,
-progress bar, checkpoints). Runs alternate (bare, pipeline, bare, ...) so drift hits both. Printed per network:
-the ratio of median epoch times, and the ratio of median step intervals (time between consecutive batch ends),
-which ignores the stalls this 2-core virtual machine throws into any run.
+Both sides train the same network (conf/network/) on the same in-memory Fashion-MNIST tensors (batch 128,
+Adam 1e-3, no validation) on one device; the pipeline side is `train(cfg)` with the default configs (W&B
+offline, CSV, progress bar, checkpoints). Runs alternate (bare, pipeline, bare, ...) so drift hits both. Printed
+per network: the ratio of median epoch times, and the ratio of median step intervals (time between consecutive
+batch ends), which ignores the stalls a shared virtual machine throws into any run. On CUDA the epoch ends
+with a synchronisation; step intervals there are those of the host, which queues the work.
 """
 
 import argparse
@@ -38,10 +39,11 @@ class StepClock(pl.Callback):
         StepClock.times.append(time.perf_counter())
 
 
-def config(width: int, out: str):
+def config(network: str, device: str, out: str):
+    accelerator = "gpu" if device == "cuda" else device
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose("train", overrides=[
-            f"model.width={width}", "trainer.max_epochs=1", "trainer.accelerator=cpu", "data.val_size=0",
+            f"network={network}", "trainer.max_epochs=1", f"trainer.accelerator={accelerator}", "data.val_size=0",
             f"paths.output_dir={out}", f"+callbacks.step_clock._target_={__name__}.StepClock",
         ])
 
@@ -57,14 +59,14 @@ def pipeline_epoch(cfg) -> tuple[float, float]:
     return epoch, median_step(StepClock.times)
 
 
-def bare_epoch(cfg) -> tuple[float, float]:
+def bare_epoch(cfg, device: str) -> tuple[float, float]:
     dm = instantiate(cfg.data)
     dm.prepare_data()
     dm.setup()
     torch.manual_seed(0)
-    net = instantiate(cfg.model)
+    net = instantiate(cfg.model).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-    x, y = dm.x_train, dm.y_train
+    x, y = dm.x_train.to(device), dm.y_train.to(device)
     start = time.perf_counter()
     times = []
     order = torch.randperm(len(x))
@@ -75,26 +77,30 @@ def bare_epoch(cfg) -> tuple[float, float]:
         loss.backward()
         opt.step()
         times.append(time.perf_counter())
+    if device == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - start, median_step(times)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--widths", type=int, nargs="+", default=[1000, 10])
+    parser.add_argument("--networks", nargs="+", default=["dense_wide", "rpp", "dense_narrow"],
+                        help="names in conf/network/")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args()
     rows = []
-    for width in args.widths:
+    for network in args.networks:
         bare, pipe = [], []
         for _ in range(args.repeats):
             with tempfile.TemporaryDirectory() as out:
-                cfg = config(width, out)
-                bare.append(bare_epoch(cfg))
+                cfg = config(network, args.device, out)
+                bare.append(bare_epoch(cfg, args.device))
                 pipe.append(pipeline_epoch(cfg))
         (b_epoch, b_step), (p_epoch, p_step) = ([statistics.median(v) for v in zip(*runs)] for runs in (bare, pipe))
-        rows.append(f"{'dense-w' + str(width):<14}{b_epoch:>9.2f}{p_epoch:>12.2f}{p_epoch / b_epoch:>9.3f}"
+        rows.append(f"{network:<14}{b_epoch:>9.2f}{p_epoch:>12.2f}{p_epoch / b_epoch:>9.3f}"
                     f"{b_step * 1e3:>14.2f}{p_step * 1e3:>14.2f}{p_step / b_step:>9.3f}")
-    print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, batch 128, one epoch of 60,000 images, "
+    print(f"\ntorch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads, batch 128, one epoch of 60,000 images, "
           f"medians of {args.repeats} interleaved runs")
     print(f"{'network':<14}{'bare s':>9}{'pipeline s':>12}{'ratio':>9}{'bare step ms':>14}{'pipe step ms':>14}{'ratio':>9}")
     print("\n".join(rows))

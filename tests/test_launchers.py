@@ -201,32 +201,42 @@ def test_slurm_launcher_config_runs_the_figure_sweep(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", ["SIGTERM", "SIGUSR1"])
-def test_a_stop_during_validation_resumes_to_the_uninterrupted_metrics(signum, tmp_path, fake_root):
+@pytest.mark.parametrize("signum, when, resumed_at", [
+    ("SIGTERM", "validation_epoch=1", "epoch 2 of 3 (mid-epoch, step 15)"),  # then one more step
+    ("SIGUSR1", "validation_epoch=1", "epoch 2 of 3 (mid-epoch, step 15)"),
+    ("SIGUSR1", "step=14", "epoch 2 of 3 (mid-epoch, step 15)"),  # an epoch's last step: its end comes first
+    ("SIGTERM", "step=10", "epoch 1 of 3 (mid-epoch, step 10)"),  # a step whose loss is logged (every 5)
+], ids=["SIGTERM-validation", "SIGUSR1-validation", "last-step", "logged-step"])
+def test_a_stopped_run_resumes_to_the_uninterrupted_metrics(signum, when, resumed_at, tmp_path, fake_root):
     """Lightning stops on SIGTERM outside a training step with its own SystemExit: that was exit status 0 and a job
-    recorded as failed, which a launcher (and SLURM) took for a job that had ended. Stopping inside validation, or
-    at the epoch's end, lost that epoch's validation or training metrics from the resumed run's CSV."""
+    recorded as failed, which a launcher (and SLURM) took for a job that had ended. Stopping inside validation, at
+    an epoch's end or after its last step lost that epoch's metrics from the resumed run's CSV, and stopping before
+    Lightning logged the step lost that step's loss."""
     run, reference = tmp_path / "run", tmp_path / "reference"
-    args = [*quick(fake_root), "data.eval_batch_size=8", "trainer.max_epochs=3"]
+    args = [*quick(fake_root), "data.eval_batch_size=8", "trainer.max_epochs=3", "trainer.log_every_n_steps=5"]
     stop = ["+callbacks.stop._target_=test_launchers.SignalOnce", f"+callbacks.stop.once={tmp_path / 'signalled'}",
-            "+callbacks.stop.validation_epoch=1", f"+callbacks.stop.signum={signum}", f"hydra.run.dir={run}"]
+            f"+callbacks.stop.{when}", f"+callbacks.stop.signum={signum}", f"hydra.run.dir={run}"]
     stopped = train_py(args + stop)
     assert stopped.returncode == 128 + signal.Signals[signum], stopped.stdout[-2000:] + stopped.stderr[-3000:]
     assert (run / "checkpoints" / "last.ckpt").is_file() and not (run / "results.json").exists()
-    again = train_py(args + stop)
+    again = train_py(args + stop)  # 7 steps an epoch
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
-    # after epoch 1's validation and one more training step (7 steps an epoch)
-    assert "resuming from epoch 2 of 3 (mid-epoch, step 15)" in again.stdout
-    assert json.loads((run / "results.json").read_text())["status"] == "finished"
+    assert f"resuming from {resumed_at}" in again.stdout
     assert train_py(args + [f"hydra.run.dir={reference}"]).returncode == 0
     assert metric_rows(run) == metric_rows(reference)
+    metrics = [json.loads((folder / "results.json").read_text())["metrics"] for folder in (run, reference)]
+    assert [{k: v for k, v in m.items() if k not in MEASURED} for m in metrics] == [
+        {k: v for k, v in metrics[1].items() if k not in MEASURED}] * 2
+
+
+# Measured, not computed: they differ from run to run, and a resumed run measures its step peak at later steps.
+MEASURED = ("time/epoch_s", "time/samples_per_s", "time/wall_s", "memory/peak_rss_bytes", "memory/step_peak_bytes")
 
 
 def metric_rows(run: Path) -> tuple[list[dict], dict]:
-    """The CSV's epoch rows, times left out (they differ from run to run), and the run-level values (model and memory
-    numbers, logged again after a resume), the process's peak memory left out."""
+    """The CSV's epoch rows and the run-level values (model and memory numbers, logged again after a resume), the
+    MEASURED ones left out."""
     rows = list(csv.DictReader((run / "csv" / "metrics.csv").open()))
-    epochs = [{k: v for k, v in row.items() if v and not k.startswith("time/")} for row in rows if row["epoch"]]
-    run_level = {k: v for row in rows if not row["epoch"] for k, v in row.items()
-                 if v and k not in ("step", "memory/peak_rss_bytes")}
+    epochs = [{k: v for k, v in row.items() if v and k not in MEASURED} for row in rows if row["epoch"]]
+    run_level = {k: v for row in rows if not row["epoch"] for k, v in row.items() if v and k not in ("step", *MEASURED)}
     return epochs, run_level

@@ -79,8 +79,9 @@ class StopSignals:
 
 class LastCheckpoint(Checkpoint):
     """Saves ``last.ckpt`` at the end of every epoch, every `every_n_train_steps` steps if set, and after the
-    training step in which a stop signal reached any process of the run, then raises Preempted on every rank (a
-    validation under way finishes first, and the stop follows the next step: resuming loses none of the metrics).
+    training step in which a stop signal reached any process of the run, then raises Preempted on every rank (after
+    an epoch's last step, or during validation, the epoch ends first and the stop follows the next step): a
+    resumed run logs every metric of an uninterrupted one, once.
     Loggers are flushed first, so the CSV on disk covers the checkpoint.
 
     A `Checkpoint` subclass, so Lightning calls its epoch-end hook after the module has logged the epoch's values.
@@ -105,7 +106,12 @@ class LastCheckpoint(Checkpoint):
             self.signals.take_over()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if signum := self.stop_signal(trainer):
+        # After an epoch's last step come its validation and epoch-end metrics, which a run resumed from here would
+        # never log: a signal then stops after the next epoch's first step.
+        if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch and (signum := self.stop_signal(trainer)):
+            # what Lightning does right after this hook, done first: this step's metrics reach the loggers
+            trainer._logger_connector.on_batch_end()
+            trainer._logger_connector.update_train_step_metrics()
             self.save(trainer)
             raise Preempted(signum)
         if self.every_n_train_steps and trainer.global_step % self.every_n_train_steps == 0:
@@ -113,7 +119,7 @@ class LastCheckpoint(Checkpoint):
 
     def on_train_epoch_end(self, trainer, pl_module):
         # Not the place to stop: Lightning logs the epoch's training metrics after this hook, and a resumed run
-        # would never write them. A signal that arrived during validation stops after the next training step.
+        # would never write them.
         self.save(trainer)
 
     def stop_signal(self, trainer: pl.Trainer) -> int | None:

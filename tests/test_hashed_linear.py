@@ -1,5 +1,10 @@
 """Tests of HashedLinear: against a float64 reference built by loops from a pure-Python hash, structure, bad input."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -167,3 +172,34 @@ def test_autocast_runs_the_matmuls_in_its_dtype_and_keeps_float32_gradients():
     torch.testing.assert_close(y.float(), layer(x), atol=0.05, rtol=0.05)
     y.float().sum().backward()
     assert layer.weight.grad.dtype == torch.float32 and layer.bias.grad.dtype == torch.float32
+
+
+COMPILED_AT_ONE_THREAD = """
+import torch
+from rppnets.hashed_linear import HashedLinear
+torch.set_num_threads(1)
+torch.manual_seed(0)
+layer = HashedLinear(784, 1000, buckets=7840)
+x = torch.randn(128, 784)
+outputs = []
+for model in (layer, torch.compile(layer, fullgraph=True)):
+    y = model(x)
+    y.square().mean().backward()
+    outputs.append((y.detach(), layer.weight.grad.clone()))
+    layer.weight.grad = None
+torch.testing.assert_close(outputs[1], outputs[0])
+print("compiled equals eager")
+"""
+
+
+@pytest.mark.slow
+def test_compiled_layer_equals_eager_at_one_thread():
+    # Inductor compiled the int64 hash wrongly at one thread and the gather after it segfaulted: a fresh process
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    result = subprocess.run([sys.executable, "-c", COMPILED_AT_ONE_THREAD], env={**os.environ, "PYTHONPATH": src},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "compiled equals eager" in result.stdout, result.stderr[-3000:]
+
+
+def test_the_hash_op_passes_opcheck():
+    torch.library.opcheck(torch.ops.rppnets.signed_buckets.default, (-(2**63) + 5, 37, 11, torch.device("cpu")))

@@ -44,11 +44,19 @@ def signed_buckets(salt: int, numel: int, buckets: int, device=None) -> torch.Te
     """For entries e = 0..numel-1, s(e) * bucket(e) coded as one int64 in [0, 2K): bucket + K if the sign is -1.
 
     The hash of entry e is splitmix64's output number e + 1 from state `salt`; its top 32 bits, u, give
-    floor(u * 2K / 2**32), uniform over the K buckets times the two signs. Vectorised int64 ops whose products
-    wrap modulo 2**64 (two's complement), in place to keep the transient memory at two int64 per entry.
+    floor(u * 2K / 2**32), uniform over the K buckets times the two signs. A registered op (rppnets::signed_buckets):
+    torch.compile calls it as it is instead of compiling its wrapping int64 arithmetic, which Inductor's CPU code
+    got wrong at one thread (out-of-range indices, a segfault in the gather that follows).
     """
+    return _signed_buckets(_int64(salt), numel, buckets, torch.device("cpu" if device is None else device))
+
+
+@torch.library.custom_op("rppnets::signed_buckets", mutates_args=())
+def _signed_buckets(salt: int, numel: int, buckets: int, device: torch.device) -> torch.Tensor:
+    """signed_buckets with `salt` as a signed int64. Vectorised int64 ops whose products wrap modulo 2**64 (two's
+    complement), in place to keep the transient memory at two int64 per entry."""
     z = torch.arange(1, numel + 1, dtype=torch.int64, device=device)
-    z.mul_(_int64(_GAMMA)).add_(_int64(salt))  # wraps modulo 2**64
+    z.mul_(_int64(_GAMMA)).add_(salt)  # wraps modulo 2**64
     scratch = torch.empty_like(z)
     _xor_shift_right(z, 30, scratch)
     z.mul_(_int64(_MIX1))
@@ -57,6 +65,11 @@ def signed_buckets(salt: int, numel: int, buckets: int, device=None) -> torch.Te
     _xor_shift_right(z, 31, scratch)
     torch.bitwise_right_shift(z, 32, out=scratch)
     return scratch.bitwise_and_(0xFFFFFFFF).mul_(2 * buckets).bitwise_right_shift_(32)  # < 2**31 * 2**32: no wrap
+
+
+@_signed_buckets.register_fake
+def _(salt, numel, buckets, device):
+    return torch.empty(numel, dtype=torch.int64, device=device)
 
 
 def _compute_dtype(x: torch.Tensor) -> torch.dtype:

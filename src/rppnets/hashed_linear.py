@@ -45,8 +45,8 @@ def signed_buckets(salt: int, numel: int, buckets: int, device=None) -> torch.Te
 
     The hash of entry e is splitmix64's output number e + 1 from state `salt`; its top 32 bits, u, give
     floor(u * 2K / 2**32), uniform over the K buckets times the two signs. A registered op (rppnets::signed_buckets):
-    torch.compile calls it as it is instead of compiling its wrapping int64 arithmetic, which Inductor's CPU code
-    got wrong at one thread (out-of-range indices, a segfault in the gather that follows).
+    torch.compile calls it as it is instead of compiling its wrapping int64 arithmetic: Inductor's CPU code for it,
+    at one thread, crashed the process (a segfault; the cause inside Inductor was not pinned down).
     """
     return _signed_buckets(_int64(salt), numel, buckets, torch.device("cpu" if device is None else device))
 

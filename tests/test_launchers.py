@@ -82,6 +82,14 @@ def test_joblib_runs_two_jobs_in_parallel_with_their_share_of_the_cores(tmp_path
     assert len({r["metrics"]["train/loss"] for r in results}) == 2  # two seeds, two different runs
 
 
+@pytest.mark.parametrize("n_jobs, jobs_in_sweep, threads", [
+    (-1, None, 1), (-1, 5, 3), (4, 2, 8), (2, 5, 8), (None, 5, 16), (32, 3, 5)])
+def test_joblib_jobs_share_the_cores_among_those_running_at_once(monkeypatch, n_jobs, jobs_in_sweep, threads):
+    # 16 cores: five jobs with n_jobs=-1 get 3 threads each, not 16 / 16 (eleven cores idle)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)))
+    assert threads_per_job(n_jobs, jobs_in_sweep) == threads
+
+
 @pytest.mark.slow
 def test_submitit_local_runs_a_two_job_sweep(tmp_path, fake_root):
     result = sweep([*quick(fake_root), "hydra/launcher=submitit_local", "hydra.launcher.cpus_per_task=1",

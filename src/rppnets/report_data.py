@@ -147,11 +147,11 @@ def job_folders(sweep_dir: Path) -> list[Path]:
     return sorted(folder for folder in found if not any(parent in found for parent in folder.parents))
 
 
-def expected_jobs(sweep_dir: Path) -> tuple[list[tuple[str, int]] | None, str | None]:
-    """The (network, seed) pairs a Hydra multirun was asked for, from its multirun.yaml; or None and why not.
+def sweep_grid(sweep_dir: Path) -> tuple[dict[str, list[str]] | None, str | None]:
+    """The values of each swept key of a Hydra multirun, from its multirun.yaml; or None and why not.
 
     The grid is the one Hydra's basic sweeper runs: the sweeper's params, then the command line's task
-    overrides (a later value of a key replaces an earlier one), each sweep expanded, their product taken.
+    overrides (a later value of a key replaces an earlier one), each sweep expanded; its jobs are the product.
     """
     path = sweep_dir / "multirun.yaml"
     if not path.is_file():
@@ -171,6 +171,18 @@ def expected_jobs(sweep_dir: Path) -> tuple[list[tuple[str, int]] | None, str | 
         values = (list(override.sweep_string_iterator()) if override.is_sweep_override()
                   else [override.get_value_element_as_str()])
         grid[override.get_key_element()] = values
+    return grid, None
+
+
+def expected_jobs(sweep_dir: Path) -> tuple[list[tuple[str, int]] | None, str | None]:
+    """The (network, seed) pairs a Hydra multirun was asked for (sweep_grid); or None and why not."""
+    grid, note = sweep_grid(sweep_dir)
+    if grid is None:
+        return None, note
+    from omegaconf import OmegaConf
+
+    path = sweep_dir / "multirun.yaml"
+    cfg = OmegaConf.load(path)
     default = {"network": cfg.get("network"), "seed": cfg.get("seed")}
     pairs = []
     for values in itertools.product(*grid.values()):

@@ -59,10 +59,13 @@ def available_memory_bytes() -> int | None:
     return min(limits) if limits else None
 
 
-def threads_per_job(n_jobs: int | None) -> int:
-    """Threads for one of `n_jobs` parallel jobs (joblib's -1 means one per core) so they share the cores."""
+def threads_per_job(n_jobs: int | None, jobs_in_sweep: int | None = None) -> int:
+    """Threads for each of the jobs joblib runs at once, so that they share the cores: `n_jobs` of them (-1 means
+    one per core), or all `jobs_in_sweep` where the sweep has fewer."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     if not n_jobs:
         return cores
     jobs = n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)
+    if jobs_in_sweep:
+        jobs = min(jobs, jobs_in_sweep)
     return max(1, cores // jobs)

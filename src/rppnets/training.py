@@ -29,6 +29,7 @@ from rppnets.callbacks import RunMetrics
 from rppnets.checks import check_int
 from rppnets.classifier import Classifier
 from rppnets.loggers import build_loggers, finish_wandb
+from rppnets.report_data import sweep_grid
 from rppnets.resources import available_memory_bytes, estimate_training_bytes, threads_per_job
 from rppnets.run_folder import RESULTS, STATE, FolderNotWritableError, RunFolder
 
@@ -143,8 +144,8 @@ def check_memory(cfg: DictConfig) -> None:
 def configure_threads() -> int | None:
     """Jobs of a sweep that share a machine share its cores; returns the threads set, or None if left as they were.
 
-    joblib launcher: cores / n_jobs threads each (in its worker processes, where Hydra's config is set; an
-    OMP_NUM_THREADS in the environment does not override it). submitit launchers: `cpus_per_task` threads if set.
+    joblib launcher: cores / n_jobs threads each, or cores / jobs where the sweep has fewer jobs than n_jobs (in its
+    worker processes, where Hydra's config is set; an OMP_NUM_THREADS in the environment does not override it). submitit launchers: `cpus_per_task` threads if set.
     """
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return None  # a single run is alone on the machine, even with a launcher chosen
@@ -154,7 +155,8 @@ def configure_threads() -> int | None:
     launcher = HydraConfig.get().launcher
     kind = get_class(launcher._target_)
     if issubclass(kind, JoblibLauncher):
-        threads = threads_per_job(launcher.get("n_jobs"))
+        grid, _ = sweep_grid(Path(HydraConfig.get().sweep.dir))
+        threads = threads_per_job(launcher.get("n_jobs"), math.prod(map(len, grid.values())) if grid else None)
     elif issubclass(kind, BaseSubmititLauncher) and launcher.get("cpus_per_task"):
         threads = launcher.cpus_per_task
     else:

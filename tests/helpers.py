@@ -1,11 +1,13 @@
 """Helpers the tests import: the real configs composed and shrunk, IDX files written like the official ones, and a
-forward-backward pass of a layer. Fixtures stay in conftest.py; this module holds plain functions."""
+forward-backward pass of a layer, W_p built by loops, and a run's CSV rows. Fixtures stay in conftest.py; this module holds plain functions."""
 
+import csv
 import gzip
 import struct
 from pathlib import Path
 
 import numpy as np
+import torch
 from hydra import compose, initialize_config_dir
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
@@ -37,3 +39,21 @@ def forward_backward(layer, x):
     y = layer(x)
     y.square().mean().backward()
     return y, x.grad, layer.weight.grad, layer.bias.grad
+
+
+def permuted_weight_by_loops(p, w, dtype):
+    """W_p (m, k*n) entry by entry with Python loops from P (k, m, n) and W (m, n): W_p[i, h*n + j] = W[P[h, i, j], j]."""
+    k, m, n = p.shape
+    wp = torch.empty(m, k * n, dtype=dtype)
+    for h in range(k):
+        for i in range(m):
+            for j in range(n):
+                wp[i, h * n + j] = w[p[h, i, j], j]
+    return wp
+
+
+def epoch_rows(csv_path: Path) -> list[dict]:
+    """The CSV's rows of epoch and step values, times left out (they differ between runs)."""
+    with open(csv_path, newline="") as file:
+        rows = [row for row in csv.DictReader(file) if row.get("epoch")]
+    return [{k: v for k, v in row.items() if v and not k.startswith(("time/", "memory/"))} for row in rows]

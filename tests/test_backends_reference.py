@@ -9,6 +9,7 @@ import os
 
 import pytest
 import torch
+from helpers import permuted_weight_by_loops
 
 from rppnets import backends, cpu_kernels
 from rppnets.backends import EagerBackend, default_backend
@@ -35,13 +36,8 @@ def reference_p(layer: RPPLinear) -> torch.Tensor:
 
 def reference(layer: RPPLinear, x: torch.Tensor, grad_y: torch.Tensor):
     """y = x @ W_p + b with W_p[i, h*n + j] = W[P[h, i, j], j] built entry by entry, and its gradients by hand."""
-    p, w = reference_p(layer), layer.weight.detach()
-    m, n, k = layer.in_features, layer.width, layer.k
-    wp = torch.empty(m, k * n, dtype=torch.float64)
-    for h in range(k):
-        for i in range(m):
-            for j in range(n):
-                wp[i, h * n + j] = w[p[h, i, j], j]
+    p, (m, n, k) = reference_p(layer), (layer.in_features, layer.width, layer.k)
+    wp = permuted_weight_by_loops(p, layer.weight.detach(), torch.float64)
     bias = layer.bias.detach() if layer.bias is not None else None
     if bias is not None and layer.bias_mode == "reuse":
         bias = bias.repeat(k)

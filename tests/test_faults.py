@@ -1,6 +1,5 @@
 """Faults provoked for real (kills, signals, divergence, a second writer, damaged files), and what survives them."""
 
-import csv
 import json
 import os
 import shutil
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import compose_train
+from helpers import compose_train, epoch_rows
 from rppnets.classifier import DivergenceError
 from rppnets.data import CorruptDataError, load_split
 from rppnets.run_folder import RunFolder, FolderBusyError
@@ -47,13 +46,6 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> Non
 def training_metrics(results_path: Path) -> dict:
     metrics = json.loads(results_path.read_text())["metrics"]
     return {key: value for key, value in metrics.items() if not key.startswith(("time/", "memory/"))}
-
-
-def epoch_rows(csv_path: Path) -> list[dict]:
-    """The CSV's rows of epoch and step values, times left out (they differ between runs)."""
-    with open(csv_path, newline="") as file:
-        rows = [row for row in csv.DictReader(file) if row.get("epoch")]
-    return [{k: v for k, v in row.items() if v and not k.startswith(("time/", "memory/"))} for row in rows]
 
 
 @pytest.fixture(scope="module")

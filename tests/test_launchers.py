@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from pytorch_lightning import Callback
 
-from helpers import CONF_DIR
+from helpers import CONF_DIR, epoch_rows
 from rppnets.resources import threads_per_job
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -242,9 +242,8 @@ MEASURED = ("time/epoch_s", "time/samples_per_s", "time/wall_s", "memory/peak_rs
 
 
 def metric_rows(run: Path) -> tuple[list[dict], dict]:
-    """The CSV's epoch rows and the run-level values (model and memory numbers, logged again after a resume), the
-    MEASURED ones left out."""
+    """The CSV's epoch rows (helpers.epoch_rows) and the run-level values (model and memory numbers, logged again
+    after a resume), the MEASURED ones left out."""
     rows = list(csv.DictReader((run / "csv" / "metrics.csv").open()))
-    epochs = [{k: v for k, v in row.items() if v and k not in MEASURED} for row in rows if row["epoch"]]
     run_level = {k: v for row in rows if not row["epoch"] for k, v in row.items() if v and k not in ("step", *MEASURED)}
-    return epochs, run_level
+    return epoch_rows(run / "csv" / "metrics.csv"), run_level

@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from helpers import forward_backward
+from helpers import forward_backward, permuted_weight_by_loops
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,14 +18,8 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 def reference_weight(layer: RPPLinear) -> torch.Tensor:
     """W_p built entry by entry with Python loops from P: W_p[i, h*n + j] = W[P[h, i, j], j]."""
-    p, w = layer.permutation_tensor(), layer.weight.detach()
-    m, n, k = layer.in_features, layer.width, layer.k
-    wp = torch.empty(m, k * n, dtype=w.dtype)
-    for h in range(k):
-        for i in range(m):
-            for j in range(n):
-                wp[i, h * n + j] = w[p[h, i, j], j]
-    return wp
+    w = layer.weight.detach()
+    return permuted_weight_by_loops(layer.permutation_tensor(), w, w.dtype)
 
 
 def reference_forward(layer: RPPLinear, x: torch.Tensor, weight: torch.Tensor, bias):

@@ -41,7 +41,7 @@ setup: $(STAMP)  ## install the project into .venv (made here) or into PY's envi
 $(VENV)/.installed-stamp: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
-	$(PY) -c "from rppnets import cpu_kernels; cpu_kernels.kernel()"  # compile the C++ kernels once (~30 s)
+	$(PY) -c "from rppnets.layers import cpu_kernels; cpu_kernels.kernel()"  # compile the C++ kernels once (~30 s)
 	touch $@
 
 install-into-py:  # another environment (conda, PY=...): pip install -e unless it already imports this checkout
@@ -64,24 +64,24 @@ test-fast: setup  ## the tests that take seconds
 # A sweep with a failed job exits 1: the memory measurement and the report still run, then that status is kept.
 reproduce: setup data  ## the figure: 5 networks x SEEDS seeds x EPOCHS epochs, then the report
 	$(PY) src/train.py $(SWEEP_ARGS) hydra.sweep.dir=$(SWEEP); s=$$?; \
-	$(PY) -m rppnets.memory --sweep $(SWEEP) && $(PY) -m rppnets.report $(SWEEP) && \
+	$(PY) -m rppnets.analysis.memory --sweep $(SWEEP) && $(PY) -m rppnets.analysis.report $(SWEEP) && \
 	echo "Results: $(SWEEP)/report (figure.png, curves.csv, summary.md); runs and W&B files: $(SWEEP)/*/" && exit $$s
 
 reproduce-quick: setup data  ## the same chain with 2 epochs on 5,000 images (a few minutes)
 	$(PY) src/train.py $(SWEEP_ARGS) hydra.sweep.dir=$(QUICK_SWEEP) trainer.max_epochs=2 \
 		data.train_size=5000 data.val_size=1000; s=$$?; \
-	$(PY) -m rppnets.memory --sweep $(QUICK_SWEEP) && $(PY) -m rppnets.report $(QUICK_SWEEP) && \
+	$(PY) -m rppnets.analysis.memory --sweep $(QUICK_SWEEP) && $(PY) -m rppnets.analysis.report $(QUICK_SWEEP) && \
 	echo "Results: $(QUICK_SWEEP)/report (figure.png, curves.csv, summary.md)" && exit $$s
 
 frontier: setup data  ## accuracy against parameters: RPP, dense, hashed, low-rank over k (SEEDS=3 seeds)
 	$(PY) src/train.py -m experiment=frontier 'seed=range(0,$(SEEDS))' hydra.sweep.dir=$(FRONTIER_SWEEP) \
 		$(if $(LAUNCHER),hydra/launcher=$(LAUNCHER)); s=$$?; \
-	$(PY) -m rppnets.frontier_report $(FRONTIER_SWEEP) && exit $$s
+	$(PY) -m rppnets.analysis.frontier_report $(FRONTIER_SWEEP) && exit $$s
 
 controls: setup data  ## the permutation controls: identity, random, stored (SEEDS=3 seeds)
 	$(PY) src/train.py -m experiment=controls 'seed=range(0,$(SEEDS))' hydra.sweep.dir=$(CONTROLS_SWEEP) \
 		$(if $(LAUNCHER),hydra/launcher=$(LAUNCHER)); s=$$?; \
-	$(PY) -m rppnets.frontier_report $(CONTROLS_SWEEP) --by permutation && exit $$s
+	$(PY) -m rppnets.analysis.frontier_report $(CONTROLS_SWEEP) --by permutation && exit $$s
 
 bench: setup data  ## pipeline and RPP-layer benchmarks (ratios measured side by side)
 	$(PY) benchmarks/pipeline_overhead.py
@@ -101,14 +101,14 @@ clean-outputs:  ## delete every run and sweep in outputs/: make clean-outputs CO
 # Functions are picked by mutmut's mutant names (module.x_function__mutmut_N); `MUTATE='rppnets.data.*'` picks others.
 MUTATE_MODELS := 'rppnets.models.x_count_*' 'rppnets.models.x_rpp_trainable__*' 'rppnets.models.x_dense_trainable__*'
 MUTATE_REPORT := $(foreach f,read_job read_curve loss_band curve_rows final_train_loss mean_epoch_s summary_row \
-	summarize by_network state_counts _mean _present,'rppnets.report_data.x_$(f)__*')
+	summarize by_network state_counts _mean _present,'rppnets.analysis.report_data.x_$(f)__*')
 MUTATE_DATA := 'rppnets.data.x*InMemoryBatches*' 'rppnets.data.x_load_split__*' \
 	$(foreach f,setup train_dataloader val_dataloader test_dataloader state_dict,'rppnets.data.x*FashionMNISTDataModule*$(f)__*')
-MUTATE_RUN_FOLDER := 'rppnets.run_folder.x__is_epoch_row__*' 'rppnets.run_folder.x_finite_or_none__*' \
-	$(foreach f,finished_results set_aside truncate_csv write_json read_json,'rppnets.run_folder.x*RunFolder*$(f)__*') \
+MUTATE_RUN_FOLDER := 'rppnets.training.run_folder.x__is_epoch_row__*' 'rppnets.training.run_folder.x_finite_or_none__*' \
+	$(foreach f,finished_results set_aside truncate_csv write_json read_json,'rppnets.training.run_folder.x*RunFolder*$(f)__*') \
 	$(foreach f,config_hash experiment_hash model_name run_name,'rppnets.training.x_$(f)__*')
 MUTATE_PERMUTATION := $(foreach f,_mix _absorb round_keys feistel_bits round_shape _feistel permuted_rows index_dtype \
-	build_index random_index,'rppnets.permutation.x_$(f)__*')
+	build_index random_index,'rppnets.layers.permutation.x_$(f)__*')
 MUTATE ?= $(MUTATE_MODELS) $(MUTATE_REPORT) $(MUTATE_DATA) $(MUTATE_RUN_FOLDER) $(MUTATE_PERMUTATION)
 
 .PHONY: mutation

@@ -62,7 +62,7 @@ if section reproduce "the figure on one GPU: 5 networks x 30 epochs, side by sid
     $launcher $compile_override "data.root=$root" "hydra.sweep.dir=$out/reproduce" logger=csv ~callbacks.progress_bar \
     2>&1 | tail -8
   echo "the sweep took $(($(date +%s) - start)) s (target: at most 120 s)"
-  $PY -m rppnets.report "$out/reproduce" 2>&1 | tail -5
+  $PY -m rppnets.analysis.report "$out/reproduce" 2>&1 | tail -5
   $PY - "$out/reproduce" <<'EOF'
 import json, sys
 from pathlib import Path

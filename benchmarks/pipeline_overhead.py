@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 
-from rppnets.training import train  # noqa: E402  (after the W&B settings above)
+from rppnets.training.pipeline import train  # noqa: E402  (after the W&B settings above)
 
 
 class StepClock(pl.Callback):

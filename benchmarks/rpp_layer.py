@@ -7,11 +7,11 @@ import time
 import torch
 from torch import nn
 
-from rppnets.backends import default_backend
-from rppnets.hashed_linear import HashedLinear
-from rppnets.low_rank_linear import LowRankLinear
+from rppnets.layers.backends import default_backend
+from rppnets.layers.hashed_linear import HashedLinear
+from rppnets.layers.low_rank_linear import LowRankLinear
 from rppnets.models import lowrank_rank
-from rppnets.rpp_linear import PERMUTATIONS, RPPLinear
+from rppnets.layers.rpp_linear import PERMUTATIONS, RPPLinear
 
 SHAPES = [(784, 10, 100), (1000, 10, 100)]  # (m, n, k)
 BATCH = 128

@@ -16,11 +16,11 @@ from omegaconf import DictConfig
 from pytorch_lightning.strategies.launchers import subprocess_script as lightning_ddp_launcher
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from rppnets.checkpointing import Preempted, requeue_slurm_job
+from rppnets.training.checkpointing import Preempted, requeue_slurm_job
 from rppnets.console import silence_known_noise
-from rppnets.run_folder import RESULTS, RunFolder
-from rppnets.sweep import job_dirname  # noqa: F401  (registers the job folder name resolver)
-from rppnets.training import ConfigError, train
+from rppnets.training.run_folder import RESULTS, RunFolder
+from rppnets.training.sweep import job_dirname  # noqa: F401  (registers the job folder name resolver)
+from rppnets.training.pipeline import ConfigError, train
 
 # Exit statuses: 1 a job failed, 2 bad input (a single run), 128 + signal number when stopped by a signal.
 FAILED, INVALID = 1, 2

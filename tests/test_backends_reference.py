@@ -1,7 +1,7 @@
 """The layer against a float64 loop reference on every CPU backend: eager PyTorch (what runs with the kernels
 off), the materialising C++ kernels and the fused ones, and whichever is the default.
 
-The reference takes P from rppnets.permutation directly (numpy keys, eager Feistel rounds), not from a backend,
+The reference takes P from rppnets.layers.permutation directly (numpy keys, eager Feistel rounds), not from a backend,
 so a backend that builds the wrong P, or gathers W with a transposed index, disagrees with it.
 """
 
@@ -11,10 +11,10 @@ import pytest
 import torch
 from helpers import permuted_weight_by_loops
 
-from rppnets import backends, cpu_kernels
-from rppnets.backends import EagerBackend, default_backend
-from rppnets.permutation import build_index, random_index
-from rppnets.rpp_linear import BIAS_MODES, PERMUTATIONS, RPPLinear
+from rppnets.layers import backends, cpu_kernels
+from rppnets.layers.backends import EagerBackend, default_backend
+from rppnets.layers.permutation import build_index, random_index
+from rppnets.layers.rpp_linear import BIAS_MODES, PERMUTATIONS, RPPLinear
 
 SHAPES = [(1, 1, 1), (5, 3, 2), (33, 4, 3)]  # (m, n, k)
 KERNELS_OFF = os.environ.get("RPPNETS_CPU_KERNELS") == "0"
@@ -23,7 +23,7 @@ BACKENDS = ["eager", pytest.param("cpu", marks=kernels), pytest.param("cpu-fused
 
 
 def reference_p(layer: RPPLinear) -> torch.Tensor:
-    """P (k, m, n) as int64, from rppnets.permutation alone."""
+    """P (k, m, n) as int64, from rppnets.layers.permutation alone."""
     m, n, k = layer.in_features, layer.width, layer.k
     if layer.permutation == "identity":
         rows = torch.arange(m)[:, None].expand(m, k * n)

@@ -8,10 +8,10 @@ import torch
 from hydra.utils import instantiate
 
 from helpers import compose_train
-from rppnets.callbacks import peak_rss_bytes, reset_peak_rss
-from rppnets.classifier import Classifier
-from rppnets.memory import state_breakdown
-from rppnets.rpp_linear import index_storage
+from rppnets.training.callbacks import peak_rss_bytes, reset_peak_rss
+from rppnets.training.classifier import Classifier
+from rppnets.analysis.memory import state_breakdown
+from rppnets.layers.rpp_linear import index_storage
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the peak resident set is reset through /proc")

@@ -11,7 +11,7 @@ from helpers import compose_train
 from rppnets import data
 from rppnets.data import (FILES, SYSTEM_DIR, CorruptDataError, DataNotFoundError, FashionMNISTDataModule,
                           InMemoryBatches, find_fashion_mnist, load_split)
-from rppnets.training import ConfigError, train
+from rppnets.training.pipeline import ConfigError, train
 
 
 def copy_raw(fake_root: Path, dest: Path) -> Path:

@@ -18,8 +18,8 @@ from pytorch_lightning import Callback
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from helpers import compose_train
-from rppnets.rpp_linear import RPPLinear
-from rppnets.training import train
+from rppnets.layers.rpp_linear import RPPLinear
+from rppnets.training.pipeline import train
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_FOLDER = {".hydra", ".lock", "checkpoints", "csv", "wandb", "results.json", "run_state.json"}  # all it may hold

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from helpers import compose_train, epoch_rows
-from rppnets.classifier import DivergenceError
+from rppnets.training.classifier import DivergenceError
 from rppnets.data import CorruptDataError, load_split
-from rppnets.run_folder import RunFolder, FolderBusyError
-from rppnets.sweep import MAX_DIRNAME, job_dirname
-from rppnets.training import ConfigError, train
+from rppnets.training.run_folder import RunFolder, FolderBusyError
+from rppnets.training.sweep import MAX_DIRNAME, job_dirname
+from rppnets.training.pipeline import ConfigError, train
 
 ROOT = Path(__file__).resolve().parents[1]
 # Long enough (30 epochs of 14 batches) that a signal sent once the first checkpoint exists lands mid-run.
@@ -200,7 +200,7 @@ def test_online_wandb_without_a_server_falls_back_offline_once(fake_root, tmp_pa
     monkeypatch.setenv("WANDB_MODE", "online")
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens there
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
-    monkeypatch.setattr("rppnets.loggers._online_failed", False)
+    monkeypatch.setattr("rppnets.training.loggers._online_failed", False)
     took = {}
     with pytest.warns(UserWarning, match="logging offline instead") as warned:
         for job in ("a", "b"):

@@ -9,8 +9,8 @@ from helpers import CONF_DIR, compose_train
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from rppnets.frontier_report import main, read_jobs, summarize, write_report
-from rppnets.rpp_linear import RPPLinear
+from rppnets.analysis.frontier_report import main, read_jobs, summarize, write_report
+from rppnets.layers.rpp_linear import RPPLinear
 
 
 def write_job(sweep: Path, folder: str, network: str, seed: int, params: int, acc: float, loss: float,
@@ -73,7 +73,7 @@ def test_report_files_hold_the_numbers(frontier_sweep, capsys):
 
 
 def test_frontier_figure_plots_means_and_bands_against_parameters_on_a_log_axis(frontier_sweep):
-    from rppnets.frontier_report import frontier_figure
+    from rppnets.analysis.frontier_report import frontier_figure
 
     figure = frontier_figure(summarize(read_jobs(frontier_sweep)))
     accuracy, loss = figure.axes
@@ -112,7 +112,7 @@ def test_controls_report_by_permutation(tmp_path, capsys):
 
 
 def test_controls_figure_points_are_the_means_with_min_max_bars(tmp_path):
-    from rppnets.frontier_report import controls_figure
+    from rppnets.analysis.frontier_report import controls_figure
 
     sweep = tmp_path / "controls"
     for seed, acc in enumerate((0.6, 0.8)):

@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rppnets.hashed_linear import MAX_BUCKETS, HashedLinear
+from rppnets.layers.hashed_linear import MAX_BUCKETS, HashedLinear
 
 MASK = 2**64 - 1
 
@@ -176,7 +176,7 @@ def test_autocast_runs_the_matmuls_in_its_dtype_and_keeps_float32_gradients():
 
 COMPILED_AT_ONE_THREAD = """
 import torch
-from rppnets.hashed_linear import HashedLinear
+from rppnets.layers.hashed_linear import HashedLinear
 torch.set_num_threads(1)
 torch.manual_seed(0)
 layer = HashedLinear(784, 1000, buckets=7840)

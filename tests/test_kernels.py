@@ -13,10 +13,10 @@ import pytest
 import torch
 from helpers import forward_backward
 
-from rppnets import backends, cpu_kernels
-from rppnets.backends import CppBackend, EagerBackend, Permutation, flat_index
-from rppnets.permutation import build_index, permuted_rows, round_keys
-from rppnets.rpp_linear import PERMUTATIONS, RPPLinear
+from rppnets.layers import backends, cpu_kernels
+from rppnets.layers.backends import CppBackend, EagerBackend, Permutation, flat_index
+from rppnets.layers.permutation import build_index, permuted_rows, round_keys
+from rppnets.layers.rpp_linear import PERMUTATIONS, RPPLinear
 
 # edge cases of the Feistel domain: tiny, powers of two and their neighbours, the project's sizes
 ROWS = [1, 2, 3, 4, 5, 15, 16, 17, 100, 255, 256, 257, 513, 784, 1000, 1024, 1025, 2049]
@@ -141,7 +141,7 @@ def test_fused_step_on_several_threads_inside_autograd(cpu_kernel):
 HOOKS_CHECK = textwrap.dedent(
     """
     import torch
-    from rppnets.rpp_linear import RPPLinear
+    from rppnets.layers.rpp_linear import RPPLinear
 
     torch.set_num_threads(2)
     layer = RPPLinear(50, 4, 64, permutation="generated")  # 256 columns: a run of blocks per thread
@@ -200,9 +200,9 @@ def test_the_source_copy_follows_a_changed_source(monkeypatch, tmp_path):
 TRITON_CHECK = textwrap.dedent(
     """
     import torch
-    from rppnets import triton_kernels as kernels
-    from rppnets.backends import EagerBackend, Permutation, TritonBackend, flat_index
-    from rppnets.permutation import build_index, permuted_rows, round_keys
+    from rppnets.layers import triton_kernels as kernels
+    from rppnets.layers.backends import EagerBackend, Permutation, TritonBackend, flat_index
+    from rppnets.layers.permutation import build_index, permuted_rows, round_keys
 
     triton, eager = TritonBackend(kernels), EagerBackend()
     for m, n, k in [(1, 1, 1), (2, 3, 2), (5, 2, 3), (33, 4, 5), (100, 3, 7), (257, 2, 3), (784, 2, 2)]:
@@ -233,10 +233,10 @@ TRITON_CHECK = textwrap.dedent(
 FUSED_TRITON_CHECK = textwrap.dedent(
     """
     import torch
-    from rppnets import backends, triton_kernels as kernels
-    from rppnets.backends import EagerBackend, Permutation, TritonBackend
-    from rppnets.permutation import build_index, random_index, round_keys
-    from rppnets.rpp_linear import BIAS_MODES, PERMUTATIONS, RPPLinear
+    from rppnets.layers import backends, triton_kernels as kernels
+    from rppnets.layers.backends import EagerBackend, Permutation, TritonBackend
+    from rppnets.layers.permutation import build_index, random_index, round_keys
+    from rppnets.layers.rpp_linear import BIAS_MODES, PERMUTATIONS, RPPLinear
 
     fused, eager = TritonBackend(kernels, fused=True), EagerBackend()
     default_tiles = kernels.FUSED_TILES

@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rppnets.low_rank_linear import LowRankLinear
+from rppnets.layers.low_rank_linear import LowRankLinear
 
 
 def reference_forward(x, u, v, b):

@@ -8,12 +8,12 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from helpers import compose_train
-from rppnets import cpu_kernels
-from rppnets.memory import (
+from rppnets.layers import cpu_kernels
+from rppnets.analysis.memory import (
     STATE_PARTS, StepPeakMeter, main, measure_training, state_breakdown, state_bytes, sweep_configs,
     tensor_attribute_bytes,
 )
-from rppnets.rpp_linear import RPPLinear, index_storage
+from rppnets.layers.rpp_linear import RPPLinear, index_storage
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
 

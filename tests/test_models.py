@@ -9,8 +9,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
-from rppnets.hashed_linear import HashedLinear
-from rppnets.low_rank_linear import LowRankLinear
+from rppnets.layers.hashed_linear import HashedLinear
+from rppnets.layers.low_rank_linear import LowRankLinear
 from rppnets.models import (
     MLP,
     count_trainable,
@@ -19,7 +19,7 @@ from rppnets.models import (
     matched_dense_width,
     rpp_trainable,
 )
-from rppnets.rpp_linear import RPPLinear
+from rppnets.layers.rpp_linear import RPPLinear
 
 FRONTIER_K = (1, 2, 5, 10, 20, 50, 100, 200)
 # Trainable parameters per k of the frontier's networks (m=10, 784 -> two hidden layers -> 10, full biases).

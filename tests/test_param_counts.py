@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from rppnets.callbacks import ModelStats
-from rppnets.classifier import Classifier
+from rppnets.training.callbacks import ModelStats
+from rppnets.training.classifier import Classifier
 from rppnets.models import MLP, count_dense_equivalent, count_trainable, dense_trainable, rpp_trainable
 
 ADAM = functools.partial(torch.optim.Adam, lr=1e-3)

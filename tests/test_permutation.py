@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from rppnets import permutation
-from rppnets.permutation import (
+from rppnets.layers import permutation
+from rppnets.layers.permutation import (
     ROUNDS,
     _feistel,
     build_index,
@@ -19,7 +19,7 @@ from rppnets.permutation import (
     round_keys,
     shared_index,
 )
-from rppnets.rpp_linear import RPPLinear
+from rppnets.layers.rpp_linear import RPPLinear
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from rppnets.permutation import build_index, index_dtype, random_index
+from rppnets.layers.permutation import build_index, index_dtype, random_index
 
 
 @pytest.mark.parametrize("m, dtype", [(2, torch.uint8), (300, torch.int16), (40_000, torch.int32)])

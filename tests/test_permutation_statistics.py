@@ -1,6 +1,6 @@
 """P against a uniformly random permutation: fixed points and the i-to-P(i) correlation, over many columns.
 
-These are the statistics that fewer Feistel rounds fail first (rppnets.permutation's docstring). Each test
+These are the statistics that fewer Feistel rounds fail first (rppnets.layers.permutation's docstring). Each test
 draws one fixed set of columns, so it is deterministic: the thresholds are the 1e-6 tails of the statistic under
 a uniform permutation, so a sound P passes with room, and a weakened one fails.
 
@@ -15,7 +15,7 @@ import math
 import pytest
 import torch
 
-from rppnets.permutation import permuted_rows, round_keys
+from rppnets.layers.permutation import permuted_rows, round_keys
 
 Z = 4.753  # the normal's two-sided 2e-6 tail
 COLUMNS = {33: 200_000, 784: 20_000}

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from rppnets.report import build_report, summary_markdown
-from rppnets.report import main as report_main
-from rppnets.report_data import LEGEND, TITLE, expected_jobs, load_sweep, memory_points, read_memory_csv, title
+from rppnets.analysis.report import build_report, summary_markdown
+from rppnets.analysis.report import main as report_main
+from rppnets.analysis.report_data import LEGEND, TITLE, expected_jobs, load_sweep, memory_points, read_memory_csv, title
 
 NETWORKS = list(LEGEND)
 SEEDS = [0, 1]

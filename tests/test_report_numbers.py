@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from matplotlib.collections import PolyCollection
 
-from rppnets import report
-from rppnets.report_data import (
+from rppnets.analysis import report
+from rppnets.analysis.report_data import (
     LEGEND, Job, curve_rows, final_train_loss, load_sweep, loss_band, read_job, summarize, summary_row,
 )
 

@@ -8,10 +8,10 @@ from helpers import forward_backward, permuted_weight_by_loops
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rppnets import rpp_ops
-from rppnets.backends import EagerBackend, Permutation, default_backend
-from rppnets.permutation import build_index
-from rppnets.rpp_linear import BIAS_MODES, FEISTEL_PERMUTATIONS, PERMUTATIONS, RPPLinear, index_storage
+from rppnets.layers import rpp_ops
+from rppnets.layers.backends import EagerBackend, Permutation, default_backend
+from rppnets.layers.permutation import build_index
+from rppnets.layers.rpp_linear import BIAS_MODES, FEISTEL_PERMUTATIONS, PERMUTATIONS, RPPLinear, index_storage
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

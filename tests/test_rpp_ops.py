@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from rppnets import cpu_kernels, rpp_ops
-from rppnets.backends import default_backend, get_backend
-from rppnets.permutation import build_index, round_keys
-from rppnets.rpp_linear import BIAS_MODES, PERMUTATIONS, RPPLinear
+from rppnets.layers import cpu_kernels, rpp_ops
+from rppnets.layers.backends import default_backend, get_backend
+from rppnets.layers.permutation import build_index, round_keys
+from rppnets.layers.rpp_linear import BIAS_MODES, PERMUTATIONS, RPPLinear
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 M, N, K = 37, 3, 4  # m = 37: stored as uint8, a Feistel domain of 64 with cycle walking

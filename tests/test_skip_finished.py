@@ -14,9 +14,9 @@ import pytest
 from helpers import compose_train
 from omegaconf import OmegaConf
 
-from rppnets import training
-from rppnets.run_folder import RunFolder, finite_or_none
-from rppnets.training import config_hash, experiment_hash, run_hash, run_name, train
+from rppnets.training import pipeline as training
+from rppnets.training.run_folder import RunFolder, finite_or_none
+from rppnets.training.pipeline import config_hash, experiment_hash, run_hash, run_name, train
 
 
 @pytest.fixture()

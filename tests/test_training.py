@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from helpers import compose_train
-from rppnets.training import ConfigError, run_hash, train
+from rppnets.training.pipeline import ConfigError, run_hash, train
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_KEYS = ("model/params_trainable", "model/params_dense_equivalent", "model/index_elements", "model/index_bytes",

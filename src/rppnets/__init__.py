@@ -4,9 +4,9 @@
 """
 
 # importing the package registers the rppnets:: torch ops, which compiled or exported programs may call
-from rppnets.hashed_linear import HashedLinear
-from rppnets.low_rank_linear import LowRankLinear
+from rppnets.layers.hashed_linear import HashedLinear
+from rppnets.layers.low_rank_linear import LowRankLinear
 from rppnets.models import MLP
-from rppnets.rpp_linear import PERMUTATIONS, RPPLinear, index_storage
+from rppnets.layers.rpp_linear import PERMUTATIONS, RPPLinear, index_storage
 
 __all__ = ["MLP", "PERMUTATIONS", "HashedLinear", "LowRankLinear", "RPPLinear", "index_storage"]

@@ -68,14 +68,14 @@ def _hidden_layer(kind, fan_in, width, k, bias, permutation, seed, layer) -> nn.
     if kind in ("dense", "dense_matched"):
         return nn.Linear(fan_in, width, bias=bias == "full")
     if kind == "rpp":
-        from rppnets.rpp_linear import RPPLinear
+        from rppnets.layers.rpp_linear import RPPLinear
 
         return RPPLinear(fan_in, width, k, bias=bias, permutation=permutation, seed=seed, layer=layer)
     if kind == "hashed":
-        from rppnets.hashed_linear import HashedLinear
+        from rppnets.layers.hashed_linear import HashedLinear
 
         return HashedLinear(fan_in, k * width, buckets=fan_in * width, bias=bias, seed=seed, layer=layer)
-    from rppnets.low_rank_linear import LowRankLinear
+    from rppnets.layers.low_rank_linear import LowRankLinear
 
     return LowRankLinear(fan_in, k * width, rank=lowrank_rank(fan_in, k * width, fan_in * width), bias=bias)
 

@@ -3,7 +3,7 @@
 The kernels: P generated from the round keys (each column's Feistel domain in a small vectorised
 table, then cycle walking), W_p gathered and dW folded reading P as stored (uint8, int16 or int32),
 and the fused step that never holds the whole W_p. P, W_p and dW are exactly those of the eager
-reference in rppnets.backends; the fused step's products equal its within float rounding (they are
+reference in rppnets.layers.backends; the fused step's products equal its within float rounding (they are
 summed by blocks). The tests compare them.
 
 The first `kernel()` compiles them with torch.utils.cpp_extension (about 30 s; `make setup` does it

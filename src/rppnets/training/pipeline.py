@@ -23,15 +23,15 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch.nn.parallel import DistributedDataParallel
 
-from rppnets.checkpointing import AtomicCheckpointIO, LastCheckpoint, Preempted, RandomStates, StopSignals, \
+from rppnets.training.checkpointing import AtomicCheckpointIO, LastCheckpoint, Preempted, RandomStates, StopSignals, \
     checkpoint_progress
-from rppnets.callbacks import RunMetrics
+from rppnets.training.callbacks import RunMetrics
 from rppnets.checks import check_int
-from rppnets.classifier import Classifier
-from rppnets.loggers import build_loggers, finish_wandb
-from rppnets.report_data import sweep_grid
-from rppnets.resources import available_memory_bytes, estimate_training_bytes, threads_per_job
-from rppnets.run_folder import RESULTS, STATE, FolderNotWritableError, RunFolder
+from rppnets.training.classifier import Classifier
+from rppnets.training.loggers import build_loggers, finish_wandb
+from rppnets.analysis.report_data import sweep_grid
+from rppnets.training.resources import available_memory_bytes, estimate_training_bytes, threads_per_job
+from rppnets.training.run_folder import RESULTS, STATE, FolderNotWritableError, RunFolder
 
 
 class ConfigError(ValueError):

@@ -3,18 +3,18 @@
 Each op has a fake (meta) implementation, so torch.compile, export and CUDA graphs trace through
 it without running it, and registered autograd where it has a gradient (all but the backward op,
 which has no double backward, and the integer feistel_rows). Their implementations
-run a backend of rppnets.backends: the one named by `backend`, or by default the fastest for the
+run a backend of rppnets.layers.backends: the one named by `backend`, or by default the fastest for the
 tensors' device, found at the op's first call on that device; so the C++ kernels are built or
 loaded there, once, and never inside anything traced.
 
-P is passed as (p, k, kind), see rppnets.backends.Permutation: kind "index" with p the rows
+P is passed as (p, k, kind), see rppnets.layers.backends.Permutation: kind "index" with p the rows
 (m, k*n), "keys" with p the round keys (2, rounds, k*n), or "identity" with p None.
 """
 
 import torch
 from torch import Tensor
 
-from rppnets.backends import KINDS, Permutation, accumulate_dtype, default_backend, get_backend
+from rppnets.layers.backends import KINDS, Permutation, accumulate_dtype, default_backend, get_backend
 
 
 def _backend(name: str | None, device: torch.device):

@@ -23,7 +23,7 @@ Cost, 1000 columns. This module's eager version (the reference, used to build st
 49 int32 passes over the tensor: on the 2-thread CPU 2.3 to 2.9 ms for m = 1024 and 4.8 to 6.5 ms
 for m = 784, where 23% of the 1024-value domain is out of range and cycle walking adds bookkeeping;
 on an H200 0.42 and 2.5 ms, bound by kernel launches and the walking's synchronisations. Generated
-layers use compiled kernels instead (rppnets.backends): the C++ one takes 1.5 to 1.9 ms for
+layers use compiled kernels instead (rppnets.layers.backends): the C++ one takes 1.5 to 1.9 ms for
 m = 1024 and 2.3 to 2.4 ms for m = 784 on the same CPU (1.5 to 3 ns per element, half of it the
 vectorised rounds, the rest cycle walking and writing); the Triton one evaluates P per element in
 registers inside the kernel that uses it, costing no launches of its own.

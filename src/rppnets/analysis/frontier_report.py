@@ -1,7 +1,7 @@
 """Frontier and controls reports: test accuracy and final training loss against parameters, or per permutation.
 
-    python -m rppnets.frontier_report outputs/frontier/<date>                      # by k: frontier.png/.csv, summary.md
-    python -m rppnets.frontier_report outputs/controls/<date> --by permutation     # controls.png/.csv, summary.md
+    python -m rppnets.analysis.frontier_report outputs/frontier/<date>                      # by k: frontier.png/.csv, summary.md
+    python -m rppnets.analysis.frontier_report outputs/controls/<date> --by permutation     # controls.png/.csv, summary.md
 """
 
 from __future__ import annotations

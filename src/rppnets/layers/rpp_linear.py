@@ -6,9 +6,9 @@ import math
 import torch
 from torch import nn
 
-from rppnets import rpp_ops
+from rppnets.layers import rpp_ops
 from rppnets.checks import check_choice, check_int
-from rppnets.permutation import MAX_IN_FEATURES, build_index, random_index, round_keys, shared_index
+from rppnets.layers.permutation import MAX_IN_FEATURES, build_index, random_index, round_keys, shared_index
 
 BIAS_MODES = ("full", "reuse", "none")
 FEISTEL_PERMUTATIONS = ("stored", "shared", "generated")  # one P (the Feistel one) held three ways
@@ -59,11 +59,11 @@ class RPPLinear(nn.Module):
             attribute, refetched when the layer moves to another device).
         keys: ``"generated"`` only, a non-persistent buffer (2, rounds, k * n) of round keys.
         backend: None (default) runs each step on the fastest kernels for the input's device,
-            found once per device (rppnets.backends.default_backend: fused C++ on the CPU, Triton
-            on CUDA, else eager PyTorch); or the name of a backend of rppnets.backends
+            found once per device (rppnets.layers.backends.default_backend: fused C++ on the CPU, Triton
+            on CUDA, else eager PyTorch); or the name of a backend of rppnets.layers.backends
             (``"cpu-fused"``, ``"cpu"``, ``"triton"``, ``"triton-fused"``, ``"eager"``) to force it.
 
-    The step runs as two registered torch ops (rppnets.rpp_ops), so ``torch.compile(model,
+    The step runs as two registered torch ops (rppnets.layers.rpp_ops), so ``torch.compile(model,
     fullgraph=True)`` and CUDA graphs take the layer; only the input is saved for backward.
 
     Example::
@@ -150,7 +150,7 @@ class RPPLinear(nn.Module):
         return self.shared_index if self.permutation == "shared" else None
 
     def permutation_args(self) -> tuple[torch.Tensor | None, str]:
-        """P as the ops take it (rppnets.backends.Permutation): (tensor, kind)."""
+        """P as the ops take it (rppnets.layers.backends.Permutation): (tensor, kind)."""
         if self.permutation == "generated":
             return self.keys, "keys"
         if self.permutation == "identity":

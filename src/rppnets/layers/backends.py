@@ -2,7 +2,7 @@
 
 A backend computes what a training step needs from W and P: y = x @ W_p, then dx = dy @ W_p^T and
 dW, the fold of dW_p = x^T @ dy over the k places each entry of W went to (summed in float32 at
-least, in a fixed order: deterministic). The registered ops (rppnets.rpp_ops) call them.
+least, in a fixed order: deterministic). The registered ops (rppnets.layers.rpp_ops) call them.
 
 - "cpu-fused" (the CPU default): C++ kernels that make W_p one block of columns at a time where the
   products use it, so the whole W_p never exists (csrc/cpu_kernels.cpp).
@@ -11,7 +11,7 @@ least, in a fixed order: deterministic). The registered ops (rppnets.rpp_ops) ca
 - "triton" (the CUDA default): one Triton kernel builds W_p, reading P from the index or generating
   it in registers; one puts dW_p's k copies back in W's order, and a sum adds them. No atomics.
 - "triton-fused": Triton products whose W_p tiles are gathered from W where tl.dot uses them, and dW
-  folded as a gather through P^-1, so neither W_p nor dW_p ever exists (rppnets.triton_kernels). Not
+  folded as a gather through P^-1, so neither W_p nor dW_p ever exists (rppnets.layers.triton_kernels). Not
   yet the default: written without a GPU, it is unmeasured; choose by measurement
   (benchmarks/gpu_checks.sh bench prints both).
 - "eager": the reference, in plain PyTorch (index_select, and bincount on the CPU or a gather through
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
-from rppnets import cpu_kernels
-from rppnets.permutation import permuted_rows
+from rppnets.layers import cpu_kernels
+from rppnets.layers.permutation import permuted_rows
 
 FUSED_BLOCK = 64  # columns of W_p per block of the fused kernels (experiments/rpp_layer_benchmark)
 KINDS = ("index", "keys", "identity")
@@ -235,9 +235,9 @@ _BACKENDS: dict[str, EagerBackend] = {"eager": EagerBackend()}
 
 
 def _triton_kernels():
-    """rppnets.triton_kernels where Triton is installed (CUDA builds of PyTorch), else None."""
+    """rppnets.layers.triton_kernels where Triton is installed (CUDA builds of PyTorch), else None."""
     try:
-        from rppnets import triton_kernels
+        from rppnets.layers import triton_kernels
     except ImportError:
         return None
     return triton_kernels

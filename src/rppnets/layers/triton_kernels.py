@@ -3,7 +3,7 @@
 At the sizes of this project a GPU step is bound by kernel launches, not arithmetic: eagerly, a
 generated P costs hundreds of small launches and a stored one several. Here P comes either from
 the layer's index (stored, shared) or from the Feistel network itself, evaluated per element in
-registers (generated): the same rounds and cycle walking as rppnets.permutation, in int32, so the
+registers (generated): the same rounds and cycle walking as rppnets.layers.permutation, in int32, so the
 values are identical. The weight gradient dW[r, j] = sum over h of dW_p[P^-1_h(r), h*n + j]: one
 kernel puts the k copies back in W's order, a sum over k adds them; no atomics, so deterministic.
 
@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from rppnets.permutation import ROUNDS, feistel_bits, round_shape
+from rppnets.layers.permutation import ROUNDS, feistel_bits, round_shape
 
 BLOCK = 1024
 
@@ -35,7 +35,7 @@ BLOCK = 1024
 def _round(v, keys_ptr, column, columns, shape, R: tl.constexpr, ROUNDS: tl.constexpr):
     """Round R: even rounds XOR F(low half) into the high half, odd rounds F(high half) into the low half.
 
-    `shape` is rppnets.permutation.round_shape(t)."""
+    `shape` is rppnets.layers.permutation.round_shape(t)."""
     b, low, keep_even, left_even, right_even, keep_odd, left_odd, right_odd = shape
     add = tl.load(keys_ptr + R * columns + column)
     mul = tl.load(keys_ptr + (ROUNDS + R) * columns + column)
@@ -50,7 +50,7 @@ def _round(v, keys_ptr, column, columns, shape, R: tl.constexpr, ROUNDS: tl.cons
 
 @triton.jit
 def _feistel(v, keys_ptr, column, columns, shape, ROUNDS: tl.constexpr, INVERSE: tl.constexpr):
-    """The t-bit Feistel network of rppnets.permutation._feistel on a block of values (no walking)."""
+    """The t-bit Feistel network of rppnets.layers.permutation._feistel on a block of values (no walking)."""
     if INVERSE:  # each round is its own inverse: run them backwards
         for step in tl.static_range(ROUNDS):
             v = _round(v, keys_ptr, column, columns, shape, ROUNDS - 1 - step, ROUNDS)
@@ -115,7 +115,7 @@ def _unpermute_kernel(
 
 @functools.lru_cache(maxsize=64)
 def _shape(m: int) -> tuple[int, ...]:
-    """The round constants of an m-row network (rppnets.permutation.round_shape), passed to the kernels."""
+    """The round constants of an m-row network (rppnets.layers.permutation.round_shape), passed to the kernels."""
     return round_shape(feistel_bits(m))
 
 

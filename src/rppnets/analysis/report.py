@@ -1,7 +1,7 @@
 """Turns a sweep into the Fashion-MNIST training-loss figure, a memory figure, CSV/Markdown tables and a W&B run.
 
 Every expected job is listed with its state (finished, failed and why, unfinished, missing) on the console, in
-summary.md and on the figure's legend; only finished jobs are drawn and averaged. `python -m rppnets.report SWEEP`
+summary.md and on the figure's legend; only finished jobs are drawn and averaged. `python -m rppnets.analysis.report SWEEP`
 exits with status 1 when no job finished.
 """
 
@@ -19,13 +19,13 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from rppnets.report_data import (
+from rppnets.analysis.report_data import (
     CURVE_COLUMNS, STATES, SUMMARY_COLUMNS, Job, NoFinishedJobs, by_network, curve_rows, job_legend, legend,
     load_sweep, loss_band, memory_points, read_memory_csv, run_settings, state_counts, summarize, title,
 )
 
 CURVE_HEADER = ["network", "seed", "epoch", *CURVE_COLUMNS.values()]
-MEMORY_CSV = "memory.csv"  # in the sweep folder, written by `python -m rppnets.memory --sweep SWEEP`
+MEMORY_CSV = "memory.csv"  # in the sweep folder, written by `python -m rppnets.analysis.memory --sweep SWEEP`
 # How P is held ('' for networks without P) -> marker, filled; shared is hollow, so a point on stored stays visible.
 MARKERS = {"": ("o", True), "stored": ("s", True), "shared": ("D", False), "generated": ("^", True)}
 
@@ -107,7 +107,7 @@ def summary_markdown(rows: list[dict], jobs: list[Job] | None = None, measured: 
     lines = summary_table(rows)
     if measured:
         lines += ["", "## Memory by way of holding P", "",
-                  "From a few training steps of each network (`python -m rppnets.memory`, batch "
+                  "From a few training steps of each network (`python -m rppnets.analysis.memory`, batch "
                   f"{measured[0]['batch_size']}, {measured[0].get('device') or 'cpu'}); stored and generated hold "
                   "the same P, shared gives same-shaped layers one P.", ""]
         lines += memory_table(measured)
@@ -255,7 +255,7 @@ def build_report(sweep_dir: str | Path, out_dir: str | Path | None = None, proje
         plot_memory(points, jobs, paths["memory.png"], paths["memory.svg"])
     else:
         print(f"no memory figure: neither {sweep_dir / MEMORY_CSV} nor the runs' memory/state_bytes and "
-              "memory/step_peak_bytes (run `python -m rppnets.memory --sweep SWEEP` for every mode)")
+              "memory/step_peak_bytes (run `python -m rppnets.analysis.memory --sweep SWEEP` for every mode)")
     write_csv(paths["curves.csv"], CURVE_HEADER, curve_rows(jobs))
     write_csv(paths["summary.csv"], SUMMARY_COLUMNS, rows)
     paths["summary.md"].write_text(summary_markdown(rows, jobs, measured, sweep_dir, note))

@@ -360,7 +360,7 @@ def summarize(jobs: list[Job]) -> list[dict]:
 
 
 def read_memory_csv(path: Path) -> list[dict]:
-    """Rows of a memory CSV written by `python -m rppnets.memory`, in legend order (bytes as int); [] if none."""
+    """Rows of a memory CSV written by `python -m rppnets.analysis.memory`, in legend order (bytes as int); [] if none."""
     if not path.is_file():
         return []
     with open(path, newline="") as file:

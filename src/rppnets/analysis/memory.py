@@ -4,8 +4,8 @@ Plain PyTorch, no Lightning: `state_breakdown` sums the distinct storages a run 
 gradients, optimizer state, kept permutation indices, buffers); `StepPeakMeter` measures the peak of tensor memory
 during each of a few steps above what was allocated when it began (CUDA: the allocator's peak statistic after a
 reset; CPU: torch.profiler's allocation and free events); `measure_training` runs a model for a few steps and
-returns both. `python -m rppnets.memory` measures every network of the figure, RPP in each way of holding P, and
-writes the CSV that the report plots (rppnets.report).
+returns both. `python -m rppnets.analysis.memory` measures every network of the figure, RPP in each way of holding P, and
+writes the CSV that the report plots (rppnets.analysis.report).
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from torch.profiler import ProfilerActivity, profile, record_function
 from rppnets.console import silence_known_noise
 
 STATE_PARTS = ("parameters", "gradients", "optimizer", "index", "buffers")
-MODES = ("stored", "shared", "generated")  # the three ways of holding the same P (rppnets.rpp_linear)
-STEP_RANGE = "rppnets.memory.step"  # the profiler range that marks one measured step
+MODES = ("stored", "shared", "generated")  # the three ways of holding the same P (rppnets.layers.rpp_linear)
+STEP_RANGE = "rppnets.analysis.memory.step"  # the profiler range that marks one measured step
 CSV_COLUMNS = ["network", "permutation", "params_trainable", *STATE_PARTS, "state_bytes", "step_peak_bytes",
                "batch_size", "device", "loss"]
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"  # the repository's configs (an editable install)
+CONF_DIR = Path(__file__).resolve().parents[3] / "conf"  # the repository's configs (an editable install)
 
 
 def storage_bytes(tensors: Iterable[torch.Tensor | None], seen: set | None = None) -> int:
@@ -48,7 +48,7 @@ def storage_bytes(tensors: Iterable[torch.Tensor | None], seen: set | None = Non
 
 def index_tensors(module: nn.Module) -> list[torch.Tensor]:
     """The permutation indices the RPP layers of `module` keep in memory (a shared one once per layer using it)."""
-    from rppnets.rpp_linear import RPPLinear
+    from rppnets.layers.rpp_linear import RPPLinear
 
     indices = [layer.index_tensor() for layer in module.modules() if isinstance(layer, RPPLinear)]
     return [index for index in indices if index is not None]

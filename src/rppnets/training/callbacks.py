@@ -11,7 +11,7 @@ from pytorch_lightning.callbacks import RichProgressBar
 from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 
 from rppnets.checks import check_int
-from rppnets.memory import StepPeakMeter, state_bytes, tensor_attribute_bytes
+from rppnets.analysis.memory import StepPeakMeter, state_bytes, tensor_attribute_bytes
 from rppnets.models import count_dense_equivalent, count_trainable
 
 
@@ -31,7 +31,7 @@ class ModelStats(RunMetrics):
     """Logs ``model/params_trainable``, ``model/params_dense_equivalent`` and the stored permutation index."""
 
     def on_fit_start(self, trainer, pl_module):
-        from rppnets.rpp_linear import index_storage
+        from rppnets.layers.rpp_linear import index_storage
 
         elements, nbytes = index_storage(pl_module)
         self.log_once(trainer, {
@@ -72,7 +72,7 @@ class EpochTimer(pl.Callback):
 
 
 class MemoryStats(RunMetrics):
-    """Logs each run's memory once per quantity (measured as described in rppnets.memory):
+    """Logs each run's memory once per quantity (measured as described in rppnets.analysis.memory):
 
     - ``memory/data_bytes``: the resident data set (the datamodule's tensors), when fitting starts;
     - ``memory/state_bytes``: parameters, gradients, optimizer state, buffers and kept permutation indices,

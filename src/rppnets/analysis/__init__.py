@@ -1,0 +1,1 @@
+"""Measuring and reporting: memory per network, the figure report and the frontier/controls report."""

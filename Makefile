@@ -21,11 +21,12 @@ QUICK_SWEEP := outputs/fashion_mnist_plot_quick
 SWEEP_ARGS = -m experiment=fashion_mnist_plot trainer.max_epochs=$(EPOCHS) 'seed=range(0,$(SEEDS))' \
 	$(if $(LAUNCHER),hydra/launcher=$(LAUNCHER))
 # frontier and controls default to 3 seeds (`make frontier SEEDS=1` for one); expanded when their recipes run
-frontier controls: SEEDS = 3
+frontier frontier30 controls: SEEDS = 3
 FRONTIER_SWEEP = outputs/frontier/seeds$(SEEDS)
+FRONTIER30_SWEEP = outputs/frontier30/seeds$(SEEDS)
 CONTROLS_SWEEP = outputs/controls/seeds$(SEEDS)
 
-.PHONY: help setup install-into-py data train test test-fast reproduce reproduce-quick frontier controls bench clean clean-outputs
+.PHONY: help setup install-into-py data train test test-fast reproduce reproduce-quick frontier frontier30 controls bench clean clean-outputs
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -77,6 +78,11 @@ frontier: setup data  ## accuracy against parameters: RPP, dense, hashed, low-ra
 	$(PY) src/train.py -m experiment=frontier 'seed=range(0,$(SEEDS))' hydra.sweep.dir=$(FRONTIER_SWEEP) \
 		$(if $(LAUNCHER),hydra/launcher=$(LAUNCHER)); s=$$?; \
 	$(PY) -m rppnets.analysis.frontier_report $(FRONTIER_SWEEP) && exit $$s
+
+frontier30: setup data  ## the frontier at k = 10 and 100 trained 30 epochs, with per-epoch curves (SEEDS=3 seeds)
+	$(PY) src/train.py -m experiment=frontier30 'seed=range(0,$(SEEDS))' hydra.sweep.dir=$(FRONTIER30_SWEEP) \
+		$(if $(LAUNCHER),hydra/launcher=$(LAUNCHER)); s=$$?; \
+	$(PY) -m rppnets.analysis.frontier_report $(FRONTIER30_SWEEP) && exit $$s
 
 controls: setup data  ## the permutation controls: identity, random, stored (SEEDS=3 seeds)
 	$(PY) src/train.py -m experiment=controls 'seed=range(0,$(SEEDS))' hydra.sweep.dir=$(CONTROLS_SWEEP) \

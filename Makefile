@@ -29,7 +29,7 @@ CONTROLS_SWEEP = outputs/controls/seeds$(SEEDS)
 .PHONY: help setup install-into-py data train test test-fast reproduce reproduce-quick frontier frontier30 controls bench clean clean-outputs
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 	@echo "  variables: ARGS='...' (train), EPOCHS=$(EPOCHS) SEEDS=$(SEEDS) LAUNCHER=$(LAUNCHER) (sweeps), PY=$(PY)"
 
 ifeq ($(PY),$(VENV)/bin/python)

@@ -8,10 +8,15 @@ import pytest
 import torch
 
 from helpers import compose_train
-from rppnets import data
-from rppnets.data import (FILES, SYSTEM_DIR, CorruptDataError, DataNotFoundError, FashionMNISTDataModule,
-                          InMemoryBatches, find_fashion_mnist, load_split)
+from rppnets.data import (FASHION_MNIST, SYSTEM_DIR, CorruptDataError, DataNotFoundError, FashionMNISTDataModule,
+                          InMemoryBatches, download_files, find_files, load_split)
 from rppnets.training.pipeline import ConfigError, train
+
+FILES = FASHION_MNIST.files
+
+
+def find_fashion_mnist(root, system_dir, download):
+    return find_files(FASHION_MNIST, root, system_dir, download)
 
 
 def copy_raw(fake_root: Path, dest: Path) -> Path:
@@ -40,7 +45,7 @@ def test_without_root_data_then_the_system_folder(fake_root, tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)  # data/ is relative to where the run starts
     system = copy_raw(fake_root, tmp_path / "system")
     source = find_fashion_mnist(None, system_dir=system, download=False)
-    assert (source.folder, source.origin) == (system, "Debian's package")
+    assert (source.folder, source.origin) == (system, "data.system_dir")  # not Debian's folder: named by its key
     assert find_fashion_mnist("data", system_dir=system, download=False) == source  # data, the default root
     assert not (tmp_path / "data").exists()  # read where it is: no copy
     shutil.copytree(fake_root, tmp_path / "data")
@@ -75,7 +80,7 @@ def test_download_goes_into_root_and_leaves_no_part_on_failure(fake_root, tmp_pa
 
     monkeypatch.setattr("torchvision.datasets.utils.download_url", fake_download)
     with pytest.raises(DataNotFoundError, match="downloading t10k-labels-idx1-ubyte.gz failed .*connection reset"):
-        data.download_fashion_mnist(tmp_path / "root")
+        download_files(FASHION_MNIST, tmp_path / "root")
     raw = tmp_path / "root" / "FashionMNIST" / "raw"
     assert sorted(p.name for p in raw.iterdir()) == sorted(set(FILES) - {"t10k-labels-idx1-ubyte.gz"})
 
@@ -166,6 +171,7 @@ def test_real_fashion_mnist(tmp_path, monkeypatch):
     dm.prepare_data()
     dm.setup()  # checks the official MD5 sums
     assert dm.source.folder == Path(SYSTEM_DIR) and not (tmp_path / "data").exists()
+    assert dm.source.origin == "Debian's package"
     assert dm.x_train.shape == (55_000, 784) and dm.x_val.shape == (5000, 784) and dm.x_test.shape == (10_000, 784)
     assert torch.bincount(dm.y_test).tolist() == [1000] * 10
 

@@ -14,8 +14,7 @@ import pytest
 import torch
 from helpers import write_idx
 
-from rppnets import data
-from rppnets.data import CorruptDataError, DataNotFoundError, FashionMNISTDataModule, InMemoryBatches, load_split
+from rppnets.data import FASHION_MNIST, CorruptDataError, DataNotFoundError, FashionMNISTDataModule, InMemoryBatches, load_split
 
 TRAIN_ROWS, TEST_ROWS = 300, 50
 TRAIN_FILE, TEST_FILE = 1, 2  # pixel (0, 0) of every image of each file
@@ -258,9 +257,9 @@ def content_md5(path) -> str:
                                       "t10k-labels-idx1-ubyte"])
 def test_every_file_is_checked_against_its_official_md5(traced_root, monkeypatch, official):
     raw = traced_root / "FashionMNIST" / "raw"
-    for name in data.CONTENT_MD5:  # the traced files pass as official, all but one
+    for name in FASHION_MNIST.content_md5:  # the traced files pass as official, all but one
         if name != official:
-            monkeypatch.setitem(data.CONTENT_MD5, name, content_md5(raw / f"{name}.gz"))
+            monkeypatch.setitem(FASHION_MNIST.content_md5, name, content_md5(raw / f"{name}.gz"))
     dm = FashionMNISTDataModule(root=str(traced_root), val_size=40, system_dir=None, verify_md5=True)
     with pytest.raises(CorruptDataError, match=f"{official}.gz is corrupt: MD5 of its content"):
         dm.setup()
@@ -274,8 +273,8 @@ def test_the_data_line_says_whether_the_md5_sums_were_checked(traced_root, monke
     line = "MD5 check off (data.verify_md5=false); 260 training, 40 validation, 50 test images"
     assert line in capsys.readouterr().out
     raw = traced_root / "FashionMNIST" / "raw"
-    for name in data.CONTENT_MD5:
-        monkeypatch.setitem(data.CONTENT_MD5, name, content_md5(raw / f"{name}.gz"))
+    for name in FASHION_MNIST.content_md5:
+        monkeypatch.setitem(FASHION_MNIST.content_md5, name, content_md5(raw / f"{name}.gz"))
     FashionMNISTDataModule(root=str(traced_root), val_size=40, system_dir=None, verify_md5=True).setup()
     assert "official MD5 sums checked; 260 training" in capsys.readouterr().out
 

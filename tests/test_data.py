@@ -1,6 +1,7 @@
 """The Fashion-MNIST data module: where files are found, how they are checked, how batches are served."""
 
 import gzip
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -187,3 +188,26 @@ def test_the_default_root_names_itself_when_nothing_is_found(tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DataNotFoundError, match="^root='data': the Fashion-MNIST files are neither in data nor in"):
         FashionMNISTDataModule(root="data", system_dir=str(tmp_path / "nowhere"), download=False)
+
+
+def digest(*tensors: torch.Tensor) -> str:
+    sha = hashlib.sha256()
+    for tensor in tensors:
+        sha.update(tensor.contiguous().numpy().tobytes())
+    return sha.hexdigest()[:16]
+
+
+@pytest.mark.real_data
+@pytest.mark.skipif(not Path(SYSTEM_DIR).is_dir(), reason=f"real Fashion-MNIST not installed in {SYSTEM_DIR}")
+@pytest.mark.parametrize("seed, train_size, split, order", [(0, None, "1b22325f2e0c482d", "452ff12c0b734dd4"),
+                                                            (3, 2000, "69b7b8eae1128781", "ee5f506755848bf7")])
+def test_real_fashion_mnist_splits_and_orders_are_those_of_every_earlier_run(tmp_path, monkeypatch, seed, train_size,
+                                                                           split, order):
+    # digests taken with the single-file data module that made every record in experiments/: the same rows in
+    # each split, in the same order, and the same batches in the first two epochs
+    monkeypatch.chdir(tmp_path)
+    dm = FashionMNISTDataModule(val_size=5000, train_size=train_size, seed=seed)
+    dm.setup()
+    assert digest(dm.x_train, dm.y_train, dm.x_val, dm.y_val, dm.x_test, dm.y_test) == split
+    loader = dm.train_dataloader()
+    assert digest(*[torch.cat([y for _, y in loader]) for _ in range(2)]) == order

@@ -5,6 +5,8 @@ from torch import nn
 from rppnets.checks import check_choice, check_int
 
 KINDS = ("dense", "rpp", "hashed", "lowrank", "dense_matched")
+# RPPLinear's inits (rppnets.layers.rpp_linear.INITS, the first the default), here so that dense MLPs import no layer
+RPP_INITS = ("hidden_fan_in", "wide_fan_in", "glorot_hidden", "glorot_wide")
 BOOLEAN_BIAS = {True: "full", False: "none"}  # also accepted: true/false as older dense configs wrote them
 
 
@@ -31,6 +33,10 @@ class MLP(nn.Sequential):
             has a bias.
         k: widening factor of rpp, hashed, lowrank and dense_matched (ignored for dense).
         permutation: RPP permutation source (see ``RPPLinear``).
+        signs: signed RPP (``RPPLinear(signs=True)``): each entry of W_p times a pseudo-random sign; adds no
+            parameters. RPP only: ``True`` with another kind is refused.
+        init: the RPP hidden weight's initialisation (``RPPLinear``'s ``init``): ``"hidden_fan_in"`` (default),
+            ``"wide_fan_in"``, ``"glorot_hidden"`` or ``"glorot_wide"``. RPP only, like ``signs``.
         seed: RPP permutation and hash seed; hidden layer l uses (seed, layer=l).
         in_features, num_classes: input size (784 for 28x28 images) and number of classes.
 
@@ -41,8 +47,13 @@ class MLP(nn.Sequential):
     """
 
     def __init__(self, kind: str = "dense", width: int = 1000, depth: int = 2, bias: str = "full", k: int = 1,
-                 permutation: str = "stored", seed: int = 0, in_features: int = 784, num_classes: int = 10):
+                 permutation: str = "stored", seed: int = 0, in_features: int = 784, num_classes: int = 10,
+                 signs: bool = False, init: str = "hidden_fan_in"):
         kind = check_choice("kind", kind, KINDS)
+        if not isinstance(signs, bool) or (signs and kind != "rpp"):
+            allowed = "True, False" if kind == "rpp" else f"False (signs are RPP's; kind={kind!r})"
+            raise ValueError(f"signs={signs!r} is invalid; allowed: {allowed}")
+        check_choice("init", init, RPP_INITS if kind == "rpp" else RPP_INITS[:1])
         width = check_int("width", width, 1)
         depth = check_int("depth", depth, 0)
         k = check_int("k", k, 1)
@@ -56,21 +67,22 @@ class MLP(nn.Sequential):
         layers: list[nn.Module] = [nn.Flatten()]
         fan_in = in_features
         for layer in range(depth):
-            hidden = _hidden_layer(kind, fan_in, width, k, bias, permutation, seed, layer)
+            hidden = _hidden_layer(kind, fan_in, width, k, bias, permutation, seed, layer, signs, init)
             layers += [hidden, nn.ReLU()]
             fan_in = hidden.out_features
         layers.append(nn.Linear(fan_in, num_classes))
         super().__init__(*layers)
 
 
-def _hidden_layer(kind, fan_in, width, k, bias, permutation, seed, layer) -> nn.Module:
+def _hidden_layer(kind, fan_in, width, k, bias, permutation, seed, layer, signs, init) -> nn.Module:
     # imported here: plain-PyTorch users of dense MLPs never need the other layers
     if kind in ("dense", "dense_matched"):
         return nn.Linear(fan_in, width, bias=bias == "full")
     if kind == "rpp":
         from rppnets.layers.rpp_linear import RPPLinear
 
-        return RPPLinear(fan_in, width, k, bias=bias, permutation=permutation, seed=seed, layer=layer)
+        return RPPLinear(fan_in, width, k, bias=bias, permutation=permutation, seed=seed, layer=layer, signs=signs,
+                         init=init)
     if kind == "hashed":
         from rppnets.layers.hashed_linear import HashedLinear
 
@@ -87,7 +99,8 @@ def lowrank_rank(in_features: int, out_features: int, budget: int) -> int:
 
 def rpp_trainable(k: int, width: int, depth: int = 2, in_features: int = 784, num_classes: int = 10,
                   bias: str = "full") -> int:
-    """Trainable parameters of ``MLP(kind="rpp", width=width, k=k, depth=depth, bias=bias)``, by formula."""
+    """Trainable parameters of ``MLP(kind="rpp", width=width, k=k, depth=depth, bias=bias)``, by formula; signed or
+    not, whatever the init (signs add no parameters)."""
     total, fan_in = 0, in_features
     for _ in range(depth):
         total += fan_in * width + {"full": k * width, "reuse": width, "none": 0}[bias]

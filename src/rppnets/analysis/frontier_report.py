@@ -19,9 +19,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
-METHOD_ORDER = ("rpp", "dense", "hashed", "lowrank")  # legend order; other networks follow by name
+METHOD_ORDER = ("rpp", "rpp_signed", "dense", "hashed", "lowrank")  # legend order; other networks follow by name
 PERMUTATION_ORDER = ("identity", "random", "stored", "shared", "generated")
-LABELS = {"rpp": "RPP (m=10)", "dense": "dense, same budget", "hashed": "HashedNets", "lowrank": "low-rank"}
+LABELS = {"rpp": "RPP (m=10)", "rpp_signed": "signed RPP (m=10)", "dense": "dense, same budget",
+          "hashed": "HashedNets", "lowrank": "low-rank"}
+# Each method's own colour, whichever others a sweep holds (the first four are those the default cycle gave them when
+# all four were drawn); other networks take the cycle's next colours.
+COLOURS = {"rpp": "C0", "dense": "C1", "hashed": "C2", "lowrank": "C3", "rpp_signed": "C4"}
 PERMUTATION_LABELS = {"identity": "identity\n(unpermuted)", "random": "random\n(randperm)",
                       "stored": "stored\n(Feistel)"}
 JOB_COLUMNS = ["network", "k", "permutation", "seed", "params_trainable", "test_acc", "final_train_loss", "folder"]
@@ -123,7 +127,8 @@ def frontier_figure(rows: list[dict]) -> Figure:
         for network in dict.fromkeys(row["network"] for row in rows):
             line = sorted((row for row in rows if row["network"] == network), key=lambda row: row["params_trainable"])
             x = [row["params_trainable"] for row in line]
-            (drawn,) = axes.plot(x, [row[metric] for row in line], marker="o", label=LABELS.get(network, network))
+            (drawn,) = axes.plot(x, [row[metric] for row in line], marker="o", label=LABELS.get(network, network),
+                                 color=COLOURS.get(network))
             axes.fill_between(x, [row[f"{metric}_min"] for row in line], [row[f"{metric}_max"] for row in line],
                               color=drawn.get_color(), alpha=0.2, linewidth=0)
         axes.set(xscale="log", xlabel="Trainable parameters", ylabel=title, title=title)

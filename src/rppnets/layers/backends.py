@@ -3,6 +3,9 @@
 A backend computes what a training step needs from W and P: y = x @ W_p, then dx = dy @ W_p^T and
 dW, the fold of dW_p = x^T @ dy over the k places each entry of W went to (summed in float32 at
 least, in a fixed order: deterministic). The registered ops (rppnets.layers.rpp_ops) call them.
+Signed RPP multiplies each entry of W_p by its sign s[h, i, j] (rppnets.layers.permutation.negative_signs), and
+each term of the fold by the same sign; every backend hashes the signs from the per-column sign keys where it
+uses them.
 
 - "cpu-fused" (the CPU default): C++ kernels that make W_p one block of columns at a time where the
   products use it, so the whole W_p never exists (csrc/cpu_kernels.cpp).
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from rppnets.layers import cpu_kernels
-from rppnets.layers.permutation import permuted_rows
+from rppnets.layers.permutation import index_dtype, negative_signs, permuted_rows
 
 FUSED_BLOCK = 64  # columns of W_p per block of the fused kernels (experiments/rpp_layer_benchmark)
 KINDS = ("index", "keys", "identity")
@@ -36,7 +39,7 @@ class Permutation:
 
     kind "index": p holds P's rows, (m, k*n) of some integer dtype, p[i, h*n + j] = P[h, i, j];
     "keys": p holds the Feistel round keys (2, rounds, k*n) and P is generated; "identity": p is
-    None and P[h, i, j] = i.
+    None and P[h, i, j] = i. signs: None (unsigned), or the sign keys (k*n,) int32 of signed RPP.
     """
 
     kind: str
@@ -44,9 +47,23 @@ class Permutation:
     m: int
     n: int
     k: int
+    signs: torch.Tensor | None = None
 
     def with_rows(self, rows: torch.Tensor) -> "Permutation":
-        return Permutation("index", rows, self.m, self.n, self.k)
+        return Permutation("index", rows, self.m, self.n, self.k, self.signs)
+
+    def signed_identity_as_rows(self) -> "Permutation":
+        """Signed identity P as stored rows i (made here, not kept), so the kernels' index path takes it: its
+        copies differ by their signs, so the unsigned identity's shortcuts (tiling x @ W, summing dy) do not apply."""
+        if self.kind != "identity" or self.signs is None:
+            return self
+        device = self.signs.device
+        rows = torch.arange(self.m, dtype=index_dtype(self.m), device=device)[:, None]
+        return self.with_rows(rows.expand(self.m, self.k * self.n).contiguous())
+
+    def negative(self) -> torch.Tensor:
+        """Where W_p's signs are negative, bool (m, k*n); signed P only."""
+        return negative_signs(self.m, self.signs)
 
 
 def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -58,6 +75,14 @@ def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
 def _columns(kn: int, n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """j for every column h*n + j of W_p; cached, since it is tiny and needed twice a step."""
     return (torch.arange(kn, device=device) % n).to(dtype)
+
+
+def signed(values: torch.Tensor, perm: Permutation) -> torch.Tensor:
+    """values (m, k*n) (W_p or dW_p) times their signs, a new tensor (a product with +-1 is exact); values itself
+    for unsigned P."""
+    if perm.signs is None:
+        return values
+    return values * (1 - 2 * perm.negative().to(values.dtype))
 
 
 def flat_index(perm: Permutation) -> torch.Tensor:
@@ -89,20 +114,24 @@ class EagerBackend:
         return permuted_rows(m, keys, inverse)
 
     def permuted_weight(self, weight: torch.Tensor, perm: Permutation) -> torch.Tensor:
-        """W_p (m, k*n) with W_p[i, h*n + j] = W[P[h, i, j], j]."""
+        """W_p (m, k*n) with W_p[i, h*n + j] = s[h, i, j] W[P[h, i, j], j] (s = 1 unsigned)."""
+        perm = perm.signed_identity_as_rows()
         if perm.kind == "identity":  # cat, not repeat: below autograd, repeat returns a view, which an op must not
             return torch.cat([weight] * perm.k, dim=1)
         flat = flat_index(perm.with_rows(self.rows(perm)))
-        return weight.reshape(-1).index_select(0, flat).view(perm.m, -1)
+        return signed(weight.reshape(-1).index_select(0, flat).view(perm.m, -1), perm)
 
     def fold(self, grad_wp: torch.Tensor, perm: Permutation) -> torch.Tensor:
-        """dW (m, n), float32 at least: the sum of dW_p (m, k*n) over the k places each entry of W went to."""
+        """dW (m, n), float32 at least: the sum of dW_p (m, k*n) (times its signs) over the k places each entry of W
+        went to."""
         accumulate = accumulate_dtype(grad_wp.dtype)
+        perm = perm.signed_identity_as_rows()
         if perm.kind == "identity":
             return grad_wp.reshape(perm.m, perm.k, perm.n).sum(1, dtype=accumulate)
         if grad_wp.device.type == "cpu":  # bincount with weights: a serial scatter-add, in a fixed order
             flat = flat_index(perm.with_rows(self.rows(perm)))
-            return torch.bincount(flat, grad_wp.reshape(-1).to(accumulate), minlength=perm.m * perm.n).view(perm.m, -1)
+            terms = signed(grad_wp.to(accumulate), perm).reshape(-1)
+            return torch.bincount(flat, terms, minlength=perm.m * perm.n).view(perm.m, -1)
         return self.fold_by_gather(grad_wp, perm)  # no atomics: deterministic on a GPU
 
     def inverse_rows(self, perm: Permutation) -> torch.Tensor:
@@ -117,6 +146,8 @@ class EagerBackend:
 
     def fold_by_gather(self, grad_wp: torch.Tensor, perm: Permutation) -> torch.Tensor:
         """The fold without atomics: gather each copy through P^-1, sum the k copies."""
+        perm = perm.signed_identity_as_rows()
+        grad_wp = signed(grad_wp, perm)  # each term of the sum with its sign
         m, n, k, kn = perm.m, perm.n, perm.k, perm.k * perm.n
         dtype = torch.int32 if m * kn < 2**31 else torch.int64
         offsets = torch.arange(kn, device=grad_wp.device, dtype=dtype).view(k, 1, n)  # h*n + j
@@ -132,6 +163,7 @@ class EagerBackend:
     def matmul(self, x: torch.Tensor, weight: torch.Tensor, perm: Permutation) -> torch.Tensor:
         """y = x @ W_p (batch, k*n), in x's dtype."""
         weight = weight.to(x.dtype)
+        perm = perm.signed_identity_as_rows()
         if perm.kind == "identity":
             return torch.cat([torch.mm(x, weight)] * perm.k, dim=1)
         return torch.mm(x, self.permuted_weight(weight, perm))
@@ -139,6 +171,7 @@ class EagerBackend:
     def backward(self, grad_y, x, weight, perm: Permutation):
         """(dx, dW) for dy (batch, k*n): dx = dy @ W_p^T where W is given (else None), in dy's dtype; dW (m, n)
         where x is given (else None), in float32 at least."""
+        perm = perm.signed_identity_as_rows()
         if perm.kind == "identity":
             summed = grad_y.reshape(-1, perm.k, perm.n).sum(1, dtype=accumulate_dtype(grad_y.dtype))  # (B, n)
             grad_x = None if weight is None else torch.mm(summed.to(grad_y.dtype), weight.to(grad_y.dtype).t())
@@ -163,28 +196,34 @@ class CppBackend(EagerBackend):
         return self.module.feistel_rows(keys.contiguous(), m, inverse)
 
     def permuted_weight(self, weight, perm):
+        perm = perm.signed_identity_as_rows()
         if perm.kind == "keys":  # P generated inside the kernel: no index in memory
-            return self.module.permuted_weight(perm.p.contiguous(), weight)
+            return self.module.permuted_weight(perm.p.contiguous(), weight, perm.signs)
         if perm.kind == "index":
-            return self.module.gather_weight(perm.p.contiguous(), weight)
+            return self.module.gather_weight(perm.p.contiguous(), weight, perm.signs)
         return super().permuted_weight(weight, perm)
 
     def fold(self, grad_wp, perm):
+        perm = perm.signed_identity_as_rows()
         if perm.kind == "identity":
             return super().fold(grad_wp, perm)
-        return self.module.fold_weight_grad(self.rows(perm).contiguous(), grad_wp, perm.n)
+        return self.module.fold_weight_grad(self.rows(perm).contiguous(), grad_wp, perm.n, perm.signs)
 
     def matmul(self, x, weight, perm):
+        perm = perm.signed_identity_as_rows()
         if not self.fused or perm.kind == "identity":
             return super().matmul(x, weight, perm)
-        return self.module.fused_matmul(x, weight.to(x.dtype), perm.p.contiguous(), perm.kind == "keys", FUSED_BLOCK)
+        p, generated = perm.p.contiguous(), perm.kind == "keys"
+        return self.module.fused_matmul(x, weight.to(x.dtype), p, generated, FUSED_BLOCK, perm.signs)
 
     def backward(self, grad_y, x, weight, perm):
+        perm = perm.signed_identity_as_rows()
         if not self.fused or perm.kind == "identity":
             return super().backward(grad_y, x, weight, perm)
         weight = None if weight is None else weight.to(grad_y.dtype)
         p, generated = perm.p.contiguous(), perm.kind == "keys"
-        grad_x, grad_weight = self.module.fused_backward(grad_y, x, weight, p, generated, perm.m, perm.n, FUSED_BLOCK)
+        grad_x, grad_weight = self.module.fused_backward(grad_y, x, weight, p, generated, perm.m, perm.n, FUSED_BLOCK,
+                                                         perm.signs)
         return None if weight is None else grad_x, None if x is None else grad_weight
 
 
@@ -199,14 +238,16 @@ class TritonBackend(EagerBackend):
         self.name = "triton-fused" if fused else "triton"
 
     def _p(self, perm: Permutation) -> dict:
-        return {"keys": perm.p} if perm.kind == "keys" else {"index": perm.p}
+        return {"keys" if perm.kind == "keys" else "index": perm.p, "signs": perm.signs}
 
     def permuted_weight(self, weight, perm):
+        perm = perm.signed_identity_as_rows()
         if perm.kind == "identity":
             return super().permuted_weight(weight, perm)
         return self.kernels.permuted_weight(weight, perm.k, **self._p(perm))
 
     def fold(self, grad_wp, perm):
+        perm = perm.signed_identity_as_rows()
         if perm.kind == "identity":
             return super().fold(grad_wp, perm)
         accumulate = accumulate_dtype(grad_wp.dtype)
@@ -216,11 +257,13 @@ class TritonBackend(EagerBackend):
         return perm  # the kernels read the index or the keys themselves
 
     def matmul(self, x, weight, perm):
+        perm = perm.signed_identity_as_rows()
         if not self.fused or perm.kind == "identity":
             return super().matmul(x, weight, perm)
         return self.kernels.fused_matmul(x, weight.to(x.dtype), perm.k, **self._p(perm))
 
     def backward(self, grad_y, x, weight, perm):
+        perm = perm.signed_identity_as_rows()
         if not self.fused or perm.kind == "identity":
             return super().backward(grad_y, x, weight, perm)
         p = self._p(perm)

@@ -8,11 +8,20 @@ from torch import nn
 
 from rppnets.layers import rpp_ops
 from rppnets.checks import check_choice, check_int
-from rppnets.layers.permutation import MAX_IN_FEATURES, build_index, random_index, round_keys, shared_index
+from rppnets.layers.permutation import (
+    MAX_IN_FEATURES,
+    build_index,
+    negative_signs,
+    random_index,
+    round_keys,
+    shared_index,
+    sign_keys,
+)
 
 BIAS_MODES = ("full", "reuse", "none")
 FEISTEL_PERMUTATIONS = ("stored", "shared", "generated")  # one P (the Feistel one) held three ways
 PERMUTATIONS = FEISTEL_PERMUTATIONS + ("identity", "random")  # and two controls with other P
+INITS = ("hidden_fan_in", "wide_fan_in", "glorot_hidden", "glorot_wide")  # the weight's uniform bound, see init_bounds
 
 
 class RPPLinear(nn.Module):
@@ -23,7 +32,10 @@ class RPPLinear(nn.Module):
     :math:`W_p[i, h n + j] = W[P[h, i, j], j]`. Every entry of W appears exactly k times in W_p,
     always in its own column. P depends only on ``seed``, ``layer`` and the shape; for the three
     Feistel modes ``permutation`` only chooses how it is held (memory against speed), never which P
-    it is. Two controls use other P: ``"identity"`` and ``"random"``.
+    it is. Two controls use other P: ``"identity"`` and ``"random"``. Signed RPP (``signs=True``)
+    multiplies every entry by a pseudo-random sign, as HashedNets does:
+    :math:`W_p[i, h n + j] = s[h, i, j] W[P[h, i, j], j]`, s = +-1 hashed from i and the column's
+    round keys (rppnets.layers.permutation), so it too depends only on seed, layer and the shape.
 
     Args:
         in_features: size m of each input sample, at most 2**30.
@@ -40,6 +52,14 @@ class RPPLinear(nn.Module):
             ``"stored"``. Default: ``"stored"``.
         seed: seed of the permutation (an integer from 0 to 2**64 - 1). Default: 0.
         layer: layer number mixed into the permutation, so that layers differ. Default: 0.
+        signs: ``True`` for signed RPP (above); its signs come from the Feistel keys of (seed, layer) in
+            every mode (layer 0's for ``"shared"``, like its P). No parameters are added; a generated
+            layer keeps nothing more, the others k * width int32 sign keys. Default: ``False``.
+        init: the hidden weight's uniform bound (see :meth:`init_bounds`): ``"hidden_fan_in"`` (the
+            default) and ``"wide_fan_in"``, nn.Linear's rule for nn.Linear(m, n) and nn.Linear(m, k*n),
+            which give the same bound 1/sqrt(m), fan-in being m for both; ``"glorot_hidden"`` and
+            ``"glorot_wide"``, Glorot (Xavier) uniform for shape (m, n) or (m, k*n). The bias is
+            nn.Linear's U(-1/sqrt(m), 1/sqrt(m)) with every init. Default: ``"hidden_fan_in"``.
 
     Shape:
         - Input: :math:`(*, m)`.
@@ -47,17 +67,19 @@ class RPPLinear(nn.Module):
 
     Attributes:
         weight: the learnable hidden weight of shape (in_features, width), input-major (the
-            transpose of nn.Linear's layout). Initialised from
-            :math:`\mathcal{U}(-1/\sqrt{m}, 1/\sqrt{m})`, as nn.Linear(m, k * n) would be.
+            transpose of nn.Linear's layout). Initialised by default from
+            :math:`\mathcal{U}(-1/\sqrt{m}, 1/\sqrt{m})`, as nn.Linear(m, k * n) would be (``init``).
         bias: the learnable bias of shape (k * width,) for ``"full"``, (width,) for ``"reuse"``,
-            None for ``"none"``; initialised like the weight.
-        in_features, width, k, out_features (= k * width), bias_mode, permutation, seed, layer:
-            the constructor's arguments.
+            None for ``"none"``; initialised from :math:`\mathcal{U}(-1/\sqrt{m}, 1/\sqrt{m})`.
+        in_features, width, k, out_features (= k * width), bias_mode, permutation, seed, layer,
+            signs, init: the constructor's arguments.
         index: ``"stored"`` and ``"random"`` only, a non-persistent buffer (m, k * n) with
             index[i, h*n + j] = P[h, i, j]; recomputed from seed and layer, never checkpointed.
         shared_index: ``"shared"`` only, the same tensor from the process-wide cache (a plain
             attribute, refetched when the layer moves to another device).
         keys: ``"generated"`` only, a non-persistent buffer (2, rounds, k * n) of round keys.
+        sign_keys: signed and not ``"generated"`` only, a non-persistent buffer (k * n,) int32 of
+            the columns' sign keys (a generated layer derives them from ``keys`` where used).
         backend: None (default) runs each step on the fastest kernels for the input's device,
             found once per device (rppnets.layers.backends.default_backend: fused C++ on the CPU, Triton
             on CUDA, else eager PyTorch); or the name of a backend of rppnets.layers.backends
@@ -86,6 +108,8 @@ class RPPLinear(nn.Module):
         layer: int = 0,
         device=None,
         dtype=None,
+        signs: bool = False,
+        init: str = "hidden_fan_in",
     ):
         super().__init__()
         self.in_features = check_int("in_features", in_features, 1, MAX_IN_FEATURES)
@@ -95,6 +119,10 @@ class RPPLinear(nn.Module):
         self.permutation = check_choice("permutation", permutation, PERMUTATIONS)
         self.seed = check_int("seed", seed, 0, 2**64 - 1)
         self.layer = check_int("layer", layer, 0, 2**64 - 1)
+        if not isinstance(signs, bool):
+            raise ValueError(f"signs={signs!r} is invalid; allowed: True, False")
+        self.signs = signs
+        self.init = check_choice("init", init, INITS)
         self.out_features = self.k * self.width
         m, n, k = self.in_features, self.width, self.k
         factory = {"device": device, "dtype": dtype}
@@ -117,6 +145,13 @@ class RPPLinear(nn.Module):
         elif self.permutation == "generated":
             keys = round_keys(self.seed, self.layer, k, n).to(device)  # (2, rounds, k*n), tiny
             self.register_buffer("keys", keys, persistent=False)
+        if self.signs and self.permutation != "generated":
+            # Signs hashed from k*n keys where the kernels use them, not stored per entry: nothing more per entry
+            # (at most a bit was allowed), one sign path for all modes, and the hash costs a few integer operations
+            # per entry in kernels bound by memory (time measured in experiments/rpp_layer_benchmark/).
+            sign_layer = 0 if self.permutation == "shared" else self.layer  # shared: layer 0's P and signs
+            keys = sign_keys(round_keys(self.seed, sign_layer, k, n)).to(device)
+            self.register_buffer("sign_keys", keys, persistent=False)
         self.backend: str | None = None
         self.reset_parameters()
 
@@ -137,11 +172,44 @@ class RPPLinear(nn.Module):
         clone.__dict__.update({key: copy.deepcopy(value, memo) for key, value in self.__dict__.items()})
         return clone
 
+    def init_bounds(self) -> tuple[float, float]:
+        """(weight bound, bias bound) of the uniform initialisation chosen by ``init``.
+
+        nn.Linear(in, out) draws its weight (out, in) with kaiming_uniform_(a=sqrt(5)): bound gain * sqrt(3 /
+        fan_in) with gain sqrt(2 / (1 + 5)), that is 1/sqrt(fan_in), and its bias from U(+-1/sqrt(fan_in)); its
+        fan-in is `in`, whatever `out` is. So the rule gives 1/sqrt(m) for the hidden layer nn.Linear(m, n)
+        ("hidden_fan_in") and the wide one nn.Linear(m, k*n) ("wide_fan_in") alike. Glorot uniform bounds
+        sqrt(6 / (fan_in + fan_out)): fan_out n ("glorot_hidden") or k*n ("glorot_wide"). The bias keeps
+        nn.Linear's 1/sqrt(m) in every init: the ablation changes the weight alone.
+        """
+        m = self.in_features
+        bias_bound = 1 / math.sqrt(m)
+        if self.init in ("hidden_fan_in", "wide_fan_in"):
+            return 1 / math.sqrt(m), bias_bound  # written as before this option, so the draws stay bit-identical
+        fan_out = self.width if self.init == "glorot_hidden" else self.k * self.width
+        return math.sqrt(6 / (m + fan_out)), bias_bound
+
     def reset_parameters(self) -> None:
-        bound = 1 / math.sqrt(self.in_features)
+        bound, bias_bound = self.init_bounds()
         nn.init.uniform_(self.weight, -bound, bound)
         if self.bias is not None:
-            nn.init.uniform_(self.bias, -bound, bound)
+            nn.init.uniform_(self.bias, -bias_bound, bias_bound)
+
+    def sign_args(self) -> torch.Tensor | None:
+        """The sign keys (k*n,) int32 as the ops take them; None unsigned. A generated layer makes them from its
+        round keys here, on every call (k*n integers: nothing kept)."""
+        if not self.signs:
+            return None
+        return sign_keys(self.keys) if self.permutation == "generated" else self.sign_keys
+
+    def sign_tensor(self) -> torch.Tensor:
+        """The signs s as float32 +-1 (k, m, n) on the CPU: s[h, i, j] multiplies W_p[i, h*n + j]; all 1 unsigned."""
+        m, n, k = self.in_features, self.width, self.k
+        keys = self.sign_args()
+        if keys is None:
+            return torch.ones(k, m, n)
+        negative = negative_signs(m, keys).cpu().view(m, k, n).permute(1, 0, 2)
+        return 1 - 2 * negative.float()
 
     def index_tensor(self) -> torch.Tensor | None:
         """The permutation index this layer keeps in memory, (m, k*n); None when generated or identity."""
@@ -174,7 +242,8 @@ class RPPLinear(nn.Module):
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
         p, kind = self.permutation_args()
         flat = x.reshape(-1, self.in_features).to(dtype)
-        y = rpp_ops.permuted_matmul(flat, self.weight, p, self.k, kind, self.backend)  # (batch, k*n)
+        signs = self.sign_args()
+        y = rpp_ops.permuted_matmul(flat, self.weight, p, self.k, kind, self.backend, signs)  # (batch, k*n)
         if self.bias is not None:  # in place: y is the op's own, saved by nothing, so one (batch, k*n) less
             (y.view(-1, self.k, self.width) if self.bias_mode == "reuse" else y).add_(self.bias.to(dtype))
         return y.view(*x.shape[:-1], self.out_features)  # reuse: output h*n + j got b[j]
@@ -183,6 +252,7 @@ class RPPLinear(nn.Module):
         return (
             f"in_features={self.in_features}, width={self.width}, k={self.k}, bias={self.bias_mode!r}, "
             f"permutation={self.permutation!r}, seed={self.seed}, layer={self.layer}"
+            + (", signs=True" if self.signs else "") + (f", init={self.init!r}" if self.init != INITS[0] else "")
         )
 
 

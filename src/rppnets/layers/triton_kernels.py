@@ -18,6 +18,10 @@ The fused step (backend "triton-fused") never holds W_p (m, k*n) nor dW_p:
   one scatter kernel into a tensor of the index's own dtype and size (each target written once).
   Its temporaries: that inverse (index only), x^T (batch x m, for coalesced gathers), the partials.
 
+Signed RPP: every kernel takes the sign keys (one int32 per column) and, with SIGNED, negates the entries of W_p
+(and the terms of dW's fold) whose hash of (row, key) says so: rppnets.layers.permutation.negative_signs in uint32
+registers, bit for bit; no sign is stored.
+
 Imported only when a CUDA layer runs; where Triton is missing, CUDA layers run eagerly."""
 
 import functools
@@ -70,6 +74,27 @@ def _permute(x, keys_ptr, column, columns, m, shape, live, ROUNDS: tl.constexpr,
 
 
 @triton.jit
+def _negative(i, c, signs_ptr, live):
+    """Whether W_p's entry at row i of column c is negated: lowbias32's steps on i ^ the column's sign key, in
+    uint32 (0x846CA68B is a uint32 constant to Triton), then the top bit."""
+    key = tl.load(signs_ptr + c, mask=live, other=0)
+    x = i.to(tl.uint32) ^ key.to(tl.uint32)
+    x = x ^ (x >> 16)
+    x = x * 0x7FEB352D
+    x = x ^ (x >> 15)
+    x = x * 0x846CA68B
+    return (x >> 31) != 0
+
+
+@triton.jit
+def _signed(value, i, c, signs_ptr, live, SIGNED: tl.constexpr):
+    """value, negated where signed RPP's sign at (i, c) is negative."""
+    if SIGNED:
+        value = tl.where(_negative(i, c, signs_ptr, live), -value, value)
+    return value
+
+
+@triton.jit
 def _lanes(numel, BLOCK: tl.constexpr):
     """This program's block of flat element numbers, and which of them exist."""
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -78,10 +103,10 @@ def _lanes(numel, BLOCK: tl.constexpr):
 
 @triton.jit
 def _permuted_weight_kernel(
-    w_ptr, out_ptr, index_ptr, keys_ptr, m, n, columns, numel, shape,
-    GENERATED: tl.constexpr, ROUNDS: tl.constexpr, BLOCK: tl.constexpr,
+    w_ptr, out_ptr, index_ptr, keys_ptr, signs_ptr, m, n, columns, numel, shape,
+    GENERATED: tl.constexpr, SIGNED: tl.constexpr, ROUNDS: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
-    """out[i, c] = w[P_c(i), c % n]: one lane per element of W_p (m, columns)."""
+    """out[i, c] = s w[P_c(i), c % n]: one lane per element of W_p (m, columns)."""
     offsets, live = _lanes(numel, BLOCK)
     i = (offsets // columns).to(tl.int32)
     c = (offsets % columns).to(tl.int32)
@@ -90,27 +115,31 @@ def _permuted_weight_kernel(
     else:
         row = tl.load(index_ptr + offsets, mask=live, other=0).to(tl.int32)
     value = tl.load(w_ptr + row.to(tl.int64) * n + c % n, mask=live)
-    tl.store(out_ptr + offsets, value, mask=live)
+    tl.store(out_ptr + offsets, _signed(value, i, c, signs_ptr, live, SIGNED), mask=live)
 
 
 @triton.jit
 def _unpermute_kernel(
-    g_ptr, out_ptr, index_ptr, keys_ptr, m, n, columns, numel, shape,
-    GENERATED: tl.constexpr, ROUNDS: tl.constexpr, BLOCK: tl.constexpr,
+    g_ptr, out_ptr, index_ptr, keys_ptr, signs_ptr, m, n, columns, numel, shape,
+    GENERATED: tl.constexpr, SIGNED: tl.constexpr, ROUNDS: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
-    """out[h, r, j] = g[P^-1_c(r), c] with c = h*n + j: each of the k copies in dW_p (m, columns) put back in W's order."""
+    """out[h, r, j] = s g[P^-1_c(r), c] with c = h*n + j: each of the k copies in dW_p (m, columns) put back in W's
+    order, with its signs."""
     offsets, live = _lanes(numel, BLOCK)
     if GENERATED:  # a lane per output (h, r, j): P^-1 in registers, then a gather
         j = offsets % n
         r = ((offsets // n) % m).to(tl.int32)
         c = ((offsets // (m * n)) * n + j).to(tl.int32)
         i = _permute(r, keys_ptr, c, columns, m, shape, live, ROUNDS, True)
-        tl.store(out_ptr + offsets, tl.load(g_ptr + i.to(tl.int64) * columns + c, mask=live), mask=live)
+        value = tl.load(g_ptr + i.to(tl.int64) * columns + c, mask=live)
+        tl.store(out_ptr + offsets, _signed(value, i, c, signs_ptr, live, SIGNED), mask=live)
     else:  # a lane per input (i, c): P from the index, then a scatter that writes every target once
         c = offsets % columns
         row = tl.load(index_ptr + offsets, mask=live, other=0).to(tl.int64)
         target = ((c // n) * m + row) * n + c % n
-        tl.store(out_ptr + target, tl.load(g_ptr + offsets, mask=live), mask=live)
+        value = tl.load(g_ptr + offsets, mask=live)
+        i = (offsets // columns).to(tl.int32)
+        tl.store(out_ptr + target, _signed(value, i, c, signs_ptr, live, SIGNED), mask=live)
 
 
 @functools.lru_cache(maxsize=64)
@@ -119,29 +148,39 @@ def _shape(m: int) -> tuple[int, ...]:
     return round_shape(feistel_bits(m))
 
 
-def _launch(kernel, source: torch.Tensor, out: torch.Tensor, n: int, columns: int, index, keys) -> torch.Tensor:
+def _sign_keys(signs: torch.Tensor | None, p: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """(the sign keys, SIGNED) as the kernels take them; unsigned, P's own tensor stands in (never read)."""
+    return (p, False) if signs is None else (signs.contiguous(), True)
+
+
+def _launch(kernel, source: torch.Tensor, out: torch.Tensor, n: int, columns: int, index, keys, signs) -> torch.Tensor:
     """Fills `out` with one of the kernels, one lane per element of out, reading P from `index` or `keys`."""
     m, generated = source.shape[0], index is None
     p = keys if generated else index  # the kernels read only the one that their GENERATED says
+    sign_keys, signed = _sign_keys(signs, p)
     kernel[(triton.cdiv(out.numel(), BLOCK),)](
-        source, out, p, p, m, n, columns, out.numel(), _shape(m), GENERATED=generated, ROUNDS=ROUNDS, BLOCK=BLOCK
-    )
+        source, out, p, p, sign_keys, m, n, columns, out.numel(), _shape(m), GENERATED=generated, SIGNED=signed,
+        ROUNDS=ROUNDS, BLOCK=BLOCK,
+    )  # fmt: skip
     return out
 
 
-def permuted_weight(weight: torch.Tensor, k: int, index: torch.Tensor | None = None, keys: torch.Tensor | None = None):
-    """W_p (m, k*n) from W (m, n), P read from `index` (m, k*n) or generated from `keys`."""
+def permuted_weight(weight: torch.Tensor, k: int, index: torch.Tensor | None = None, keys: torch.Tensor | None = None,
+                    signs: torch.Tensor | None = None):  # fmt: skip
+    """W_p (m, k*n) from W (m, n), P read from `index` (m, k*n) or generated from `keys`; signed with sign keys."""
     weight = weight.contiguous()
     (m, n), columns = weight.shape, k * weight.shape[1]
     out = torch.empty((m, columns), dtype=weight.dtype, device=weight.device)
-    return _launch(_permuted_weight_kernel, weight, out, n, columns, index, keys)
+    return _launch(_permuted_weight_kernel, weight, out, n, columns, index, keys, signs)
 
 
-def fold_weight_grad(grad_wp: torch.Tensor, n: int, k: int, accumulate: torch.dtype, index=None, keys=None):
-    """dW (m, n) in `accumulate`: the k copies of dW_p (m, k*n) put back in W's order, then summed over k."""
+def fold_weight_grad(grad_wp: torch.Tensor, n: int, k: int, accumulate: torch.dtype, index=None, keys=None,
+                     signs=None):  # fmt: skip
+    """dW (m, n) in `accumulate`: the k copies of dW_p (m, k*n) put back in W's order (with their signs), then summed
+    over k."""
     grad_wp = grad_wp.contiguous()
     copies = torch.empty((k, grad_wp.shape[0], n), dtype=grad_wp.dtype, device=grad_wp.device)
-    return _launch(_unpermute_kernel, grad_wp, copies, n, k * n, index, keys).sum(0, dtype=accumulate)
+    return _launch(_unpermute_kernel, grad_wp, copies, n, k * n, index, keys, signs).sum(0, dtype=accumulate)
 
 
 # The fused step's tiles. Not measured yet (no GPU where it was written): choose by measurement, and the backend
@@ -152,8 +191,9 @@ FOLD_SLICES = 8  # the fold splits the k copies into at most this many slices, e
 
 
 @triton.jit
-def _gather_wp(w_ptr, index_ptr, keys_ptr, i, c, m, n, columns, shape, GENERATED: tl.constexpr, ROUNDS: tl.constexpr):
-    """W_p[i, c] = W[P_c(i), c % n] for a block of (i, c) pairs (broadcast against each other); 0 outside W_p."""
+def _gather_wp(w_ptr, index_ptr, keys_ptr, signs_ptr, i, c, m, n, columns, shape, GENERATED: tl.constexpr,
+               SIGNED: tl.constexpr, ROUNDS: tl.constexpr):  # fmt: skip
+    """W_p[i, c] = s W[P_c(i), c % n] for a block of (i, c) pairs (broadcast against each other); 0 outside W_p."""
     live = (i < m) & (c < columns)
     i = tl.where(live, i, 0)  # lanes outside W_p read P and W at (0, 0): in bounds, and the walking ends
     c = tl.where(live, c, 0)
@@ -161,13 +201,14 @@ def _gather_wp(w_ptr, index_ptr, keys_ptr, i, c, m, n, columns, shape, GENERATED
         row = _permute(i, keys_ptr, c, columns, m, shape, live, ROUNDS, False)
     else:
         row = tl.load(index_ptr + i.to(tl.int64) * columns + c, mask=live, other=0).to(tl.int32)
-    return tl.load(w_ptr + row.to(tl.int64) * n + c % n, mask=live, other=0)
+    value = tl.load(w_ptr + row.to(tl.int64) * n + c % n, mask=live, other=0)
+    return _signed(value, i, c, signs_ptr, live, SIGNED)
 
 
 @triton.jit
 def _fused_product_kernel(
-    a_ptr, w_ptr, out_ptr, index_ptr, keys_ptr, batch, inner, outer, m, n, columns, shape,
-    TRANSPOSED: tl.constexpr, GENERATED: tl.constexpr, ROUNDS: tl.constexpr, ACC: tl.constexpr,
+    a_ptr, w_ptr, out_ptr, index_ptr, keys_ptr, signs_ptr, batch, inner, outer, m, n, columns, shape,
+    TRANSPOSED: tl.constexpr, GENERATED: tl.constexpr, SIGNED: tl.constexpr, ROUNDS: tl.constexpr, ACC: tl.constexpr,
     PRECISION: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
 ):  # fmt: skip
     """out[b, o] = sum over q of a[b, q] * B[q, o], B = W_p (m, columns), or W_p^T with TRANSPOSED.
@@ -185,7 +226,7 @@ def _fused_product_kernel(
             i, c = o[None, :], q[:, None]
         else:
             i, c = q[:, None], o[None, :]
-        tile = _gather_wp(w_ptr, index_ptr, keys_ptr, i, c, m, n, columns, shape, GENERATED, ROUNDS)
+        tile = _gather_wp(w_ptr, index_ptr, keys_ptr, signs_ptr, i, c, m, n, columns, shape, GENERATED, SIGNED, ROUNDS)
         acc = tl.dot(a, tile, acc, input_precision=PRECISION)
     out_live = (b[:, None] < batch) & (o[None, :] < outer)
     tl.store(out_ptr + b[:, None].to(tl.int64) * outer + o[None, :], acc.to(out_ptr.dtype.element_ty), mask=out_live)
@@ -202,11 +243,12 @@ def _invert_kernel(index_ptr, out_ptr, columns, numel, BLOCK: tl.constexpr):
 
 @triton.jit
 def _fused_fold_kernel(
-    xt_ptr, dy_ptr, out_ptr, inverse_ptr, keys_ptr, batch, m, n, k, columns, copies_per_slice, shape,
-    GENERATED: tl.constexpr, ROUNDS: tl.constexpr, ACC: tl.constexpr,
+    xt_ptr, dy_ptr, out_ptr, inverse_ptr, keys_ptr, signs_ptr, batch, m, n, k, columns, copies_per_slice, shape,
+    GENERATED: tl.constexpr, SIGNED: tl.constexpr, ROUNDS: tl.constexpr, ACC: tl.constexpr,
     BR: tl.constexpr, BJ: tl.constexpr, BB: tl.constexpr,
 ):  # fmt: skip
-    """out[s, r, j] = sum over the copies h of slice s and the batch rows b of x[b, P^-1_c(r)] * dy[b, c], c = h*n + j.
+    """out[s, r, j] = sum over the copies h of slice s and the batch rows b of s_c(i) x[b, i] * dy[b, c], with
+    i = P^-1_c(r), c = h*n + j, and s_c(i) signed RPP's sign (1 unsigned).
 
     One tile (BR, BJ) of dW per program and slice; x comes transposed (m, batch), so each gather reads BB
     neighbours. P^-1 is read from `inverse_ptr` (m, columns) or generated. Copies, then batch rows, in order."""
@@ -222,12 +264,17 @@ def _fused_fold_kernel(
             i = _permute(rows, keys_ptr, c, columns, m, shape, live, ROUNDS, True)
         else:
             i = tl.load(inverse_ptr + rows.to(tl.int64) * columns + c, mask=live, other=0).to(tl.int32)
+        if SIGNED:  # this copy's signs, once for all its batch rows
+            sign = tl.where(_negative(i, c, signs_ptr, live), -1.0, 1.0).to(ACC)
         for b0 in range(0, batch, BB):
             b = b0 + tl.arange(0, BB)
             gather_live = live[:, :, None] & (b < batch)[None, None, :]  # (BR, BJ, BB)
             xs = tl.load(xt_ptr + i[:, :, None].to(tl.int64) * batch + b[None, None, :], mask=gather_live, other=0)
             g = tl.load(dy_ptr + b[None, None, :].to(tl.int64) * columns + c[:, :, None], mask=gather_live, other=0)
-            acc += tl.sum(xs.to(ACC) * g.to(ACC), axis=2)
+            term = tl.sum(xs.to(ACC) * g.to(ACC), axis=2)
+            if SIGNED:
+                term = term * sign  # exact: +-1
+            acc += term
     tl.store(out_ptr + (s.to(tl.int64) * m + r[:, None]) * n + j[None, :], acc, mask=live)
 
 
@@ -242,7 +289,7 @@ def _precision() -> str:
     return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
 
 
-def _product(a: torch.Tensor, weight: torch.Tensor, k: int, transposed: bool, index, keys) -> torch.Tensor:
+def _product(a: torch.Tensor, weight: torch.Tensor, k: int, transposed: bool, index, keys, signs) -> torch.Tensor:
     """a @ W_p (transposed=False, a: (batch, m)) or a @ W_p^T (a: (batch, k*n)), in a's dtype; W in a's dtype."""
     a, weight = a.contiguous(), weight.contiguous()
     (m, n), columns, batch = weight.shape, k * weight.shape[1], a.shape[0]
@@ -250,23 +297,26 @@ def _product(a: torch.Tensor, weight: torch.Tensor, k: int, transposed: bool, in
     out = torch.empty((batch, outer), dtype=a.dtype, device=a.device)
     generated = index is None
     p = keys if generated else index  # the kernel reads only the one that its GENERATED says
+    sign_keys, signed = _sign_keys(signs, p)
     bm, bn, bk = FUSED_TILES
     grid = (triton.cdiv(batch, bm), triton.cdiv(outer, bn))
     _fused_product_kernel[grid](
-        a, weight, out, p, p, batch, inner, outer, m, n, columns, _shape(m), TRANSPOSED=transposed,
-        GENERATED=generated, ROUNDS=ROUNDS, ACC=_accumulator(a.dtype), PRECISION=_precision(), BM=bm, BN=bn, BK=bk,
+        a, weight, out, p, p, sign_keys, batch, inner, outer, m, n, columns, _shape(m), TRANSPOSED=transposed,
+        GENERATED=generated, SIGNED=signed, ROUNDS=ROUNDS, ACC=_accumulator(a.dtype), PRECISION=_precision(), BM=bm,
+        BN=bn, BK=bk,
     )  # fmt: skip
     return out
 
 
-def fused_matmul(x: torch.Tensor, weight: torch.Tensor, k: int, index=None, keys=None) -> torch.Tensor:
+def fused_matmul(x: torch.Tensor, weight: torch.Tensor, k: int, index=None, keys=None, signs=None) -> torch.Tensor:
     """y = x @ W_p (batch, k*n) in x's dtype, for x (batch, m) and W (m, n) of x's dtype, without W_p."""
-    return _product(x, weight, k, False, index, keys)
+    return _product(x, weight, k, False, index, keys, signs)
 
 
-def fused_grad_input(grad_y: torch.Tensor, weight: torch.Tensor, k: int, index=None, keys=None) -> torch.Tensor:
+def fused_grad_input(grad_y: torch.Tensor, weight: torch.Tensor, k: int, index=None, keys=None,
+                     signs=None) -> torch.Tensor:  # fmt: skip
     """dx = dy @ W_p^T (batch, m) in dy's dtype, for dy (batch, k*n) and W (m, n) of dy's dtype, without W_p."""
-    return _product(grad_y, weight, k, True, index, keys)
+    return _product(grad_y, weight, k, True, index, keys, signs)
 
 
 def inverse_index(index: torch.Tensor) -> torch.Tensor:
@@ -278,8 +328,9 @@ def inverse_index(index: torch.Tensor) -> torch.Tensor:
 
 
 def fused_grad_weight(x: torch.Tensor, grad_y: torch.Tensor, n: int, k: int, accumulate: torch.dtype, index=None,
-                      keys=None) -> torch.Tensor:  # fmt: skip
-    """dW (m, n) in `accumulate` for x (batch, m) and dy (batch, k*n), folded as a gather through P^-1, without dW_p."""
+                      keys=None, signs=None) -> torch.Tensor:  # fmt: skip
+    """dW (m, n) in `accumulate` for x (batch, m) and dy (batch, k*n), folded as a gather through P^-1, without dW_p;
+    each copy's terms with their signs where given."""
     (batch, m), columns = x.shape, k * n
     x_t, grad_y = x.t().contiguous(), grad_y.contiguous()
     generated = index is None
@@ -290,9 +341,10 @@ def fused_grad_weight(x: torch.Tensor, grad_y: torch.Tensor, n: int, k: int, acc
     copies_per_slice = triton.cdiv(k, slices)
     slices = triton.cdiv(k, copies_per_slice)  # no empty slice
     partial = torch.empty((slices, m, n), dtype=accumulate, device=x.device)
+    sign_keys, signed = _sign_keys(signs, p)
     grid = (triton.cdiv(m, br), triton.cdiv(n, bj), slices)
     _fused_fold_kernel[grid](
-        x_t, grad_y, partial, p, p, batch, m, n, k, columns, copies_per_slice, _shape(m), GENERATED=generated,
-        ROUNDS=ROUNDS, ACC=_accumulator(accumulate), BR=br, BJ=bj, BB=bb,
+        x_t, grad_y, partial, p, p, sign_keys, batch, m, n, k, columns, copies_per_slice, _shape(m),
+        GENERATED=generated, SIGNED=signed, ROUNDS=ROUNDS, ACC=_accumulator(accumulate), BR=br, BJ=bj, BB=bb,
     )  # fmt: skip
     return partial[0] if slices == 1 else partial.sum(0)

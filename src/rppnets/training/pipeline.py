@@ -84,7 +84,7 @@ def model_name(cfg: DictConfig) -> str:
     if model.depth == 0:
         name = "softmax"
     elif model.kind != "dense":  # rpp, hashed, lowrank: virtual width k * width
-        name = f"{model.kind}-w{model.width}-k{model.k}"
+        name = f"{model.kind}-w{model.width}-k{model.k}" + ("-signed" if model.get("signs") else "")
     else:
         name = f"dense-w{model.width}"
     if model.depth and model.get("bias") in (False, "none"):

@@ -3,7 +3,8 @@
 // into a small table (a vectorised pass per round), then cycle walking through that table; the same
 // bijection as rppnets.permutation.permuted_rows, bit for bit. For every mode, W_p gathered from W and
 // dW folded from dW_p, reading P's rows as stored (uint8, int16 or int32); and the fused step, which
-// makes W_p one block of columns at a time where its products use it.
+// makes W_p one block of columns at a time where its products use it. Each takes signed RPP's sign keys
+// (one int32 per column) or None: then every entry of W_p, and every term of dW's fold, has its sign.
 #include <torch/extension.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -13,7 +14,61 @@
 #include <algorithm>
 #include <optional>
 #include <tuple>
+#include <type_traits>
 #include <vector>
+
+// Signed RPP: the sign of the entry of W_p at row i of a column with sign key `key`, +1.0f or -1.0f; hashed as
+// rppnets.layers.permutation.negative_signs, bit for bit (lowbias32's steps in uint32, then the top bit).
+static inline float sign_of(uint32_t i, uint32_t key) {
+  uint32_t x = i ^ key;
+  x ^= x >> 16;
+  x *= 0x7feb352dU;
+  x ^= x >> 15;
+  x *= 0x846ca68bU;
+  return 1.0f - 2.0f * float(x >> 31);
+}
+
+// The signs of row i in `count` columns (sign keys given), and of rows 0..m-1 in one column. The loops have no
+// branch and no gather, so they vectorise (an AVX2 clone on x86, as feistel_round): filled once per row or column
+// and then multiplied in, they cost a small part of the step where a hash per entry inside the gathering loops,
+// which do not vectorise, took a fifth of it (and a branch on the sign, mispredicted every other entry, doubled it).
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target_clones("avx2", "default")))
+#endif
+static void row_signs(const int32_t* sign_keys, int64_t i, int64_t count, float* out) {
+  for (int64_t c = 0; c < count; ++c) out[c] = sign_of(uint32_t(i), uint32_t(sign_keys[c]));
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target_clones("avx2", "default")))
+#endif
+static void column_signs(int32_t key, int64_t m, float* out) {
+  for (int64_t i = 0; i < m; ++i) out[i] = sign_of(uint32_t(i), uint32_t(key));
+}
+
+// value times its sign where SIGNED (known at compile time: the unsigned loops are those without signs); a
+// product with +-1 is exact.
+template <bool SIGNED, typename T>
+static inline T with_sign(T value, const float* signs, int64_t at) {
+  if constexpr (SIGNED) return T(value * T(signs[at]));
+  return value;
+}
+
+// The sign keys' data (columns,), or nullptr for unsigned RPP.
+static const int32_t* sign_data(const std::optional<torch::Tensor>& signs, int64_t columns) {
+  if (!signs.has_value()) return nullptr;
+  TORCH_CHECK(signs->device().is_cpu() && signs->scalar_type() == torch::kInt32 && signs->dim() == 1 &&
+                  signs->size(0) == columns && signs->is_contiguous(),
+              "signs: expected contiguous CPU int32 sign keys, one per column (", columns, ")");
+  return signs->data_ptr<int32_t>();
+}
+
+// Calls f with std::true_type where there are sign keys, else std::false_type: one instance of each loop per case.
+template <typename F>
+static void with_signs(const int32_t* sign_keys, const F& f) {
+  if (sign_keys != nullptr) f(std::true_type{});
+  else f(std::false_type{});
+}
 
 // One round over the table p[0..size): even rounds high ^= F(low), odd rounds low ^= F(high), where
 // F(v) = the top `width` of the 16 bits of v * mul + add. The loop is branch-free, so it vectorises;
@@ -79,18 +134,26 @@ torch::Tensor feistel_rows(const torch::Tensor& keys, int64_t m, bool inverse) {
   return out;
 }
 
-// W_p (m, columns) from the hidden weight W (m, n): W_p[i, c] = W[P_c(i), c % n], without an index in memory.
-torch::Tensor permuted_weight(const torch::Tensor& keys, const torch::Tensor& weight) {
+// W_p (m, columns) from the hidden weight W (m, n): W_p[i, c] = s W[P_c(i), c % n], without an index in memory.
+torch::Tensor permuted_weight(const torch::Tensor& keys, const torch::Tensor& weight,
+                              const std::optional<torch::Tensor>& signs) {
   TORCH_CHECK(weight.device().is_cpu() && weight.dim() == 2, "weight: expected a CPU matrix (m, n)");
   const auto w_contiguous = weight.contiguous();
   const int64_t m = weight.size(0), n = weight.size(1), columns = keys.size(2);
+  const int32_t* sign_keys = sign_data(signs, columns);
   auto out = torch::empty({m, columns}, weight.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, weight.scalar_type(), "permuted_weight", [&] {
     const scalar_t* w = w_contiguous.data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
-    for_each_column(keys, m, false, 0, columns, [&](int64_t c, const int32_t* p) {
-      const scalar_t* column = w + c % n;
-      for (int64_t i = 0; i < m; ++i) o[i * columns + c] = column[walk(p, i, int32_t(m)) * n];
+    with_signs(sign_keys, [&](auto is_signed) {
+      constexpr bool SIGNED = decltype(is_signed)::value;
+      for_each_column(keys, m, false, 0, columns, [&](int64_t c, const int32_t* p) {
+        thread_local std::vector<float> signs;
+        if constexpr (SIGNED) signs.resize(m), column_signs(sign_keys[c], m, signs.data());
+        const scalar_t* column = w + c % n;
+        for (int64_t i = 0; i < m; ++i)
+          o[i * columns + c] = with_sign<SIGNED>(column[walk(p, i, int32_t(m)) * n], signs.data(), i);
+      });
     });
   });
   return out;
@@ -113,33 +176,44 @@ static void check_rows(const torch::Tensor& rows, const torch::Tensor& values, i
   TORCH_CHECK(values.device().is_cpu() && values.dim() == 2 && values.size(0) == rows.size(0), "values: expected (m, *) on the CPU");
 }
 
-// W_p (m, k*n) from the hidden weight W (m, n) and P's rows (m, k*n): W_p[i, h*n + j] = W[P[i, h*n + j], j].
-torch::Tensor gather_weight(const torch::Tensor& rows, const torch::Tensor& weight) {
+// W_p (m, k*n) from the hidden weight W (m, n) and P's rows (m, k*n): W_p[i, h*n + j] = s W[P[i, h*n + j], j].
+torch::Tensor gather_weight(const torch::Tensor& rows, const torch::Tensor& weight,
+                            const std::optional<torch::Tensor>& signs) {
   const int64_t m = rows.size(0), columns = rows.size(1), n = weight.size(1), k = columns / n;
   check_rows(rows, weight, n);
+  const int32_t* sign_keys = sign_data(signs, columns);
   const auto w_contiguous = weight.contiguous();
   auto out = torch::empty({m, columns}, weight.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, weight.scalar_type(), "gather_weight", [&] {
     const scalar_t* w = w_contiguous.data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
     with_index(rows, [&](const auto* p) {
-      at::parallel_for(0, m, 16, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i)
-          for (int64_t h = 0, e = i * columns; h < k; ++h)
-            for (int64_t j = 0; j < n; ++j, ++e) o[e] = w[int64_t(p[e]) * n + j];
+      with_signs(sign_keys, [&](auto is_signed) {
+        constexpr bool SIGNED = decltype(is_signed)::value;
+        at::parallel_for(0, m, 16, [&](int64_t begin, int64_t end) {
+          std::vector<float> signs(SIGNED ? columns : 0);
+          for (int64_t i = begin; i < end; ++i) {
+            if constexpr (SIGNED) row_signs(sign_keys, i, columns, signs.data());
+            for (int64_t h = 0, e = i * columns; h < k; ++h)
+              for (int64_t j = 0; j < n; ++j, ++e)
+                o[e] = with_sign<SIGNED>(w[int64_t(p[e]) * n + j], signs.data(), h * n + j);
+          }
+        });
       });
     });
   });
   return out;
 }
 
-// dW (m, n) from dW_p (m, k*n) and P's rows: dW[P[i, h*n + j], j] += dW_p[i, h*n + j], in float32 (float64 for
+// dW (m, n) from dW_p (m, k*n) and P's rows: dW[P[i, h*n + j], j] += s dW_p[i, h*n + j], in float32 (float64 for
 // double). Each entry's terms are added in the order of (i, h), as torch.bincount over the flat index adds them,
 // so the sums are the same bit for bit.
-torch::Tensor fold_weight_grad(const torch::Tensor& rows, const torch::Tensor& grad, int64_t n) {
+torch::Tensor fold_weight_grad(const torch::Tensor& rows, const torch::Tensor& grad, int64_t n,
+                               const std::optional<torch::Tensor>& signs) {
   const int64_t m = rows.size(0), columns = rows.size(1), k = columns / n;
   check_rows(rows, grad, n);
   TORCH_CHECK(grad.size(1) == columns, "grad: expected the shape of rows");
+  const int32_t* sign_keys = sign_data(signs, columns);
   const auto g_contiguous = grad.contiguous();
   const auto accumulate = grad.scalar_type() == torch::kDouble ? torch::kDouble : torch::kFloat;
   auto out = torch::zeros({m, n}, grad.options().dtype(accumulate));
@@ -148,9 +222,16 @@ torch::Tensor fold_weight_grad(const torch::Tensor& rows, const torch::Tensor& g
     const scalar_t* g = g_contiguous.data_ptr<scalar_t>();
     acc_t* o = out.data_ptr<acc_t>();
     with_index(rows, [&](const auto* p) {
-      for (int64_t e = 0, i = 0; i < m; ++i)  // serial, like bincount: the adds of one entry may not be reordered
-        for (int64_t h = 0; h < k; ++h)
-          for (int64_t j = 0; j < n; ++j, ++e) o[int64_t(p[e]) * n + j] += acc_t(g[e]);
+      with_signs(sign_keys, [&](auto is_signed) {
+        constexpr bool SIGNED = decltype(is_signed)::value;
+        std::vector<float> signs(SIGNED ? columns : 0);
+        for (int64_t e = 0, i = 0; i < m; ++i) {  // serial, like bincount: the adds of one entry may not be reordered
+          if constexpr (SIGNED) row_signs(sign_keys, i, columns, signs.data());
+          for (int64_t h = 0; h < k; ++h)
+            for (int64_t j = 0; j < n; ++j, ++e)
+              o[int64_t(p[e]) * n + j] += with_sign<SIGNED>(acc_t(g[e]), signs.data(), h * n + j);
+        }
+      });
     });
   });
   return out;
@@ -160,25 +241,31 @@ torch::Tensor fold_weight_grad(const torch::Tensor& rows, const torch::Tensor& g
 // is made from W and P (read from the stored rows, or generated) where it is used, then overwritten by the next:
 // the whole W_p (m, k*n) never exists. The products are ATen's own matrix multiplications on the blocks.
 
-// P as the kernels get it: the stored rows (m, columns) of uint8, int16 or int32, or the round keys (generated).
+// P as the kernels get it: the stored rows (m, columns) of uint8, int16 or int32, or the round keys (generated);
+// and the sign keys (columns,) of signed RPP, or nullptr.
 struct Permutation {
   const torch::Tensor& p;
   bool generated;
+  const int32_t* signs = nullptr;
   int64_t columns() const { return generated ? p.size(2) : p.size(1); }
 };
 
 // block (m, c1 - c0) = W_p[:, c0:c1] and rows (m, c1 - c0) = P's rows there, each where its pointer is not null
-// (rows only for generated P: stored rows are read where they are).
-template <typename scalar_t>
+// (rows only for generated P: stored rows are read where they are); the block's entries with their signs.
+template <bool SIGNED, typename scalar_t>
 static void make_block(const Permutation& perm, const scalar_t* w, int64_t m, int64_t n, int64_t c0, int64_t c1,
                        scalar_t* block, int32_t* rows) {
   const int64_t width = c1 - c0;
   if (perm.generated) {
     for_each_column(perm.p, m, false, c0, c1, [&](int64_t c, const int32_t* table) {
+      thread_local std::vector<float> signs;
+      if constexpr (SIGNED) {
+        if (block != nullptr) signs.resize(m), column_signs(perm.signs[c], m, signs.data());
+      }
       const scalar_t* column = w + c % n;
       for (int64_t i = 0; i < m; ++i) {
         const int32_t r = walk(table, i, int32_t(m));
-        if (block != nullptr) block[i * width + c - c0] = column[int64_t(r) * n];
+        if (block != nullptr) block[i * width + c - c0] = with_sign<SIGNED>(column[int64_t(r) * n], signs.data(), i);
         if (rows != nullptr) rows[i * width + c - c0] = r;
       }
     });
@@ -188,23 +275,29 @@ static void make_block(const Permutation& perm, const scalar_t* w, int64_t m, in
   const int64_t columns = perm.p.size(1);
   with_index(perm.p, [&](const auto* index) {
     at::parallel_for(0, m, 64, [&](int64_t begin, int64_t end) {
+      std::vector<float> signs(SIGNED ? width : 0);
       for (int64_t i = begin; i < end; ++i) {
+        if constexpr (SIGNED) row_signs(perm.signs + c0, i, width, signs.data());
         const auto* from = index + i * columns + c0;
         scalar_t* to = block + i * width;
-        for (int64_t c = 0, j = c0 % n; c < width; ++c, j = j + 1 == n ? 0 : j + 1) to[c] = w[int64_t(from[c]) * n + j];
+        for (int64_t c = 0, j = c0 % n; c < width; ++c, j = j + 1 == n ? 0 : j + 1)
+          to[c] = with_sign<SIGNED>(w[int64_t(from[c]) * n + j], signs.data(), c);
       }
     });
   });
 }
 
-// dW[rows[i, c], (c0 + c) % n] += g[i, c] for a block g (m, width) of dW_p; rows has row stride `stride`.
+// dW[rows[i, c], (c0 + c) % n] += s g[i, c] for a block g (m, width) of dW_p; rows has row stride `stride`.
 // Each entry of dW gets one term per copy, added in the order of the copies: deterministic.
-template <typename scalar_t, typename index_t, typename acc_t>
+template <bool SIGNED, typename scalar_t, typename index_t, typename acc_t>
 static void fold_block(const scalar_t* g, const index_t* rows, int64_t stride, int64_t m, int64_t n, int64_t c0,
-                       int64_t width, acc_t* dw) {
-  for (int64_t i = 0; i < m; ++i)
+                       int64_t width, acc_t* dw, const int32_t* sign_keys) {
+  std::vector<float> signs(SIGNED ? width : 0);
+  for (int64_t i = 0; i < m; ++i) {
+    if constexpr (SIGNED) row_signs(sign_keys + c0, i, width, signs.data());
     for (int64_t c = 0, j = c0 % n; c < width; ++c, j = j + 1 == n ? 0 : j + 1)
-      dw[int64_t(rows[i * stride + c]) * n + j] += acc_t(g[i * width + c]);
+      dw[int64_t(rows[i * stride + c]) * n + j] += with_sign<SIGNED>(acc_t(g[i * width + c]), signs.data(), c);
+  }
 }
 
 static void check_permutation(const Permutation& perm, int64_t m, int64_t n) {
@@ -237,25 +330,30 @@ static void for_each_run(int64_t blocks, const Body& body) {
 
 // y = x @ W_p (batch, k*n), for x (batch, m) and W (m, n) of one dtype; `block` columns of W_p at a time.
 torch::Tensor fused_matmul(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& p,
-                           bool generated, int64_t block) {
-  const Permutation perm{p, generated};
+                           bool generated, int64_t block, const std::optional<torch::Tensor>& signs) {
+  Permutation perm{p, generated};
   const int64_t m = weight.size(0), n = weight.size(1), columns = perm.columns();
   check_permutation(perm, m, n);
+  perm.signs = sign_data(signs, columns);
   TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && x.size(1) == m && x.scalar_type() == weight.scalar_type(),
               "x: expected a CPU matrix (batch, m) of W's dtype");
   TORCH_CHECK(block >= 1, "block: expected at least one column");
   const auto w_contiguous = weight.contiguous();
   auto y = torch::empty({x.size(0), columns}, x.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, weight.scalar_type(), "fused_matmul", [&] {
-    for_each_run((columns + block - 1) / block, [&](int64_t, int64_t first, int64_t end) {
-      auto buffer = torch::empty({m * std::min(block, columns)}, weight.options());
-      for (int64_t c0 = first * block; c0 < std::min(end * block, columns); c0 += block) {
-        const int64_t width = std::min(block, columns - c0);
-        auto tile = buffer.narrow(0, 0, m * width).view({m, width});
-        make_block(perm, w_contiguous.data_ptr<scalar_t>(), m, n, c0, c0 + width, tile.data_ptr<scalar_t>(), nullptr);
-        auto out = y.narrow(1, c0, width);  // a strided view: the product is written in place
-        at::mm_out(out, x, tile);
-      }
+    with_signs(perm.signs, [&](auto is_signed) {
+      constexpr bool SIGNED = decltype(is_signed)::value;
+      for_each_run((columns + block - 1) / block, [&](int64_t, int64_t first, int64_t end) {
+        auto buffer = torch::empty({m * std::min(block, columns)}, weight.options());
+        for (int64_t c0 = first * block; c0 < std::min(end * block, columns); c0 += block) {
+          const int64_t width = std::min(block, columns - c0);
+          auto tile = buffer.narrow(0, 0, m * width).view({m, width});
+          make_block<SIGNED>(perm, w_contiguous.data_ptr<scalar_t>(), m, n, c0, c0 + width, tile.data_ptr<scalar_t>(),
+                             nullptr);
+          auto out = y.narrow(1, c0, width);  // a strided view: the product is written in place
+          at::mm_out(out, x, tile);
+        }
+      });
     });
   });
   return y;
@@ -269,11 +367,12 @@ std::tuple<torch::Tensor, torch::Tensor> fused_backward(const torch::Tensor& gra
                                                         const std::optional<torch::Tensor>& x,
                                                         const std::optional<torch::Tensor>& weight,
                                                         const torch::Tensor& p, bool generated, int64_t m, int64_t n,
-                                                        int64_t block) {
-  const Permutation perm{p, generated};
+                                                        int64_t block, const std::optional<torch::Tensor>& signs) {
+  Permutation perm{p, generated};
   check_permutation(perm, m, n);
   TORCH_CHECK(block >= 1, "block: expected at least one column");
   const int64_t columns = perm.columns(), batch = grad_y.size(0), blocks = (columns + block - 1) / block;
+  perm.signs = sign_data(signs, columns);
   const bool need_x = weight.has_value(), need_weight = x.has_value();
   const auto dtype = grad_y.scalar_type();
   TORCH_CHECK(grad_y.device().is_cpu() && grad_y.dim() == 2 && grad_y.size(1) == columns,
@@ -297,31 +396,36 @@ std::tuple<torch::Tensor, torch::Tensor> fused_backward(const torch::Tensor& gra
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad_y.scalar_type(), "fused_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* w = need_x ? w_contiguous.data_ptr<scalar_t>() : nullptr;
-    for_each_run(blocks, [&](int64_t run, int64_t first, int64_t end) {
-      const int64_t max_width = std::min(block, columns);
-      auto tiles = torch::empty({need_x ? m * max_width : 0}, options);
-      auto products = torch::empty({need_weight ? m * max_width : 0}, options);
-      auto rows = torch::empty({need_weight && generated ? m * max_width : 0}, options.dtype(torch::kInt32));
-      auto dx = grad_x[run];
-      acc_t* dw = need_weight ? grad_w[run].data_ptr<acc_t>() : nullptr;
-      for (int64_t c0 = first * block; c0 < std::min(end * block, columns); c0 += block) {
-        const int64_t width = std::min(block, columns - c0);
-        auto tile = tiles.narrow(0, 0, need_x ? m * width : 0).view({need_x ? m : 0, width});
-        int32_t* block_rows = rows.numel() ? rows.data_ptr<int32_t>() : nullptr;
-        make_block(perm, w, m, n, c0, c0 + width, need_x ? tile.data_ptr<scalar_t>() : nullptr, block_rows);
-        const auto dy = grad_y.narrow(1, c0, width);
-        if (need_x) {
-          if (accumulate == grad_y.scalar_type()) dx.addmm_(dy, tile.t());
-          else dx.add_(at::mm(dy, tile.t()));
+    with_signs(perm.signs, [&](auto is_signed) {
+      constexpr bool SIGNED = decltype(is_signed)::value;
+      for_each_run(blocks, [&](int64_t run, int64_t first, int64_t end) {
+        const int64_t max_width = std::min(block, columns);
+        auto tiles = torch::empty({need_x ? m * max_width : 0}, options);
+        auto products = torch::empty({need_weight ? m * max_width : 0}, options);
+        auto rows = torch::empty({need_weight && generated ? m * max_width : 0}, options.dtype(torch::kInt32));
+        auto dx = grad_x[run];
+        acc_t* dw = need_weight ? grad_w[run].data_ptr<acc_t>() : nullptr;
+        for (int64_t c0 = first * block; c0 < std::min(end * block, columns); c0 += block) {
+          const int64_t width = std::min(block, columns - c0);
+          auto tile = tiles.narrow(0, 0, need_x ? m * width : 0).view({need_x ? m : 0, width});
+          int32_t* block_rows = rows.numel() ? rows.data_ptr<int32_t>() : nullptr;
+          make_block<SIGNED>(perm, w, m, n, c0, c0 + width, need_x ? tile.data_ptr<scalar_t>() : nullptr, block_rows);
+          const auto dy = grad_y.narrow(1, c0, width);
+          if (need_x) {
+            if (accumulate == grad_y.scalar_type()) dx.addmm_(dy, tile.t());
+            else dx.add_(at::mm(dy, tile.t()));
+          }
+          if (need_weight) {
+            auto product = products.narrow(0, 0, m * width).view({m, width});
+            at::mm_out(product, x_t, dy);  // dW_p[:, c0:c0 + width]
+            const scalar_t* g = product.data_ptr<scalar_t>();
+            if (generated) fold_block<SIGNED>(g, block_rows, width, m, n, c0, width, dw, perm.signs);
+            else with_index(p, [&](const auto* index) {
+              fold_block<SIGNED>(g, index + c0, columns, m, n, c0, width, dw, perm.signs);
+            });
+          }
         }
-        if (need_weight) {
-          auto product = products.narrow(0, 0, m * width).view({m, width});
-          at::mm_out(product, x_t, dy);  // dW_p[:, c0:c0 + width]
-          const scalar_t* g = product.data_ptr<scalar_t>();
-          if (generated) fold_block(g, block_rows, width, m, n, c0, width, dw);
-          else with_index(p, [&](const auto* index) { fold_block(g, index + c0, columns, m, n, c0, width, dw); });
-        }
-      }
+      });
     });
   });
   for (size_t run = 1; run < grad_x.size(); ++run) {  // the runs' sums, added in run order
@@ -335,9 +439,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   // the kernels touch no Python object: they run without the GIL, as torch's own ops do
   const auto nogil = pybind11::call_guard<pybind11::gil_scoped_release>();
   module.def("feistel_rows", &feistel_rows, "P (or its inverse) of every column, on the CPU", nogil);
-  module.def("permuted_weight", &permuted_weight, "W_p from W, generating P on the fly, on the CPU", nogil);
-  module.def("gather_weight", &gather_weight, "W_p from W and P's rows, on the CPU", nogil);
-  module.def("fold_weight_grad", &fold_weight_grad, "dW from dW_p and P's rows, deterministically, on the CPU", nogil);
-  module.def("fused_matmul", &fused_matmul, "x @ W_p, one block of W_p's columns at a time, on the CPU", nogil);
-  module.def("fused_backward", &fused_backward, "dy @ W_p^T and dW, one block of W_p's columns at a time", nogil);
+  // signs, last, defaults to None (unsigned RPP)
+  using pybind11::arg;
+  const auto unsigned_ = pybind11::none();
+  module.def("permuted_weight", &permuted_weight, "W_p from W, generating P on the fly, on the CPU", arg("keys"),
+             arg("weight"), arg("signs") = unsigned_, nogil);
+  module.def("gather_weight", &gather_weight, "W_p from W and P's rows, on the CPU", arg("rows"), arg("weight"),
+             arg("signs") = unsigned_, nogil);
+  module.def("fold_weight_grad", &fold_weight_grad, "dW from dW_p and P's rows, deterministically, on the CPU",
+             arg("rows"), arg("grad"), arg("n"), arg("signs") = unsigned_, nogil);
+  module.def("fused_matmul", &fused_matmul, "x @ W_p, one block of W_p's columns at a time, on the CPU", arg("x"),
+             arg("weight"), arg("p"), arg("generated"), arg("block"), arg("signs") = unsigned_, nogil);
+  module.def("fused_backward", &fused_backward, "dy @ W_p^T and dW, one block of W_p's columns at a time",
+             arg("grad_y"), arg("x"), arg("weight"), arg("p"), arg("generated"), arg("m"), arg("n"), arg("block"),
+             arg("signs") = unsigned_, nogil);
 }

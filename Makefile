@@ -93,6 +93,14 @@ bench: setup data  ## pipeline and RPP-layer benchmarks (ratios measured side by
 	$(PY) benchmarks/pipeline_overhead.py
 	$(PY) benchmarks/rpp_layer.py
 
+# The widest MLP each method trains here: state, step peak and step time measured at widths doubling from 1,000,
+# each point in its own process, until the memory check refuses a width or a step takes over the time budget.
+# Rerunning continues (points already in the CSV are skipped). Record: experiments/width_limit/README.md.
+WIDTH_LIMIT_OUT ?= outputs/width_limit
+.PHONY: width-limit
+width-limit: setup  ## the widest network each method trains on this machine (memory, step time; about 2 hours)
+	$(PY) -m rppnets.analysis.width_limit --out $(WIDTH_LIMIT_OUT) $(ARGS)
+
 clean:  ## remove caches (keeps outputs/, data/ and .venv)
 	rm -rf .pytest_cache .hypothesis
 	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +

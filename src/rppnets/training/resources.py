@@ -6,6 +6,9 @@ import os
 from pathlib import Path
 
 FLOAT = 4  # bytes of a float32
+FEISTEL_PASS = 4  # bytes per entry of one int32 pass of the Feistel network that builds a stored index
+HASH_ENTRY = 16  # bytes per virtual entry of a HashedNets step: two int64 per entry while hashing, then the
+                 # int64 buckets with V and dV (float32) in backward
 
 
 def index_itemsize(m: int) -> int:
@@ -13,31 +16,100 @@ def index_itemsize(m: int) -> int:
     return 1 if m <= 2**8 else 2 if m <= 2**15 else 4
 
 
-def estimate_training_bytes(model: dict, batch_size: int, in_features: int = 784, num_classes: int = 10) -> int:
-    """A rough upper estimate of the memory one training step of an MLP config needs (`model`: conf/model keys).
+def index_build_bytes(m: int, columns: int) -> int:
+    """Peak bytes of building a stored index over m rows and `columns` columns (rppnets.layers.permutation.build_index),
+    the finished index included: the Feistel network runs on the whole domain 0..D-1, D = 2**ceil(log2 m), in two
+    int32 buffers (D, columns); cycle walking adds, for the d = D - m rows past m, its `then` and `source` (int32), a
+    target index (int32, then int64), and for the cycles still walking (about d*(d/D)*(m/D) entries per column)
+    their position, column and target (int64) and value (int32). Measured within 2% over m = 784 to 24,000."""
+    domain = 1 << max(1, (m - 1).bit_length())
+    d = domain - m
+    per_column = max(2 * domain * FEISTEL_PASS,
+                     domain * FEISTEL_PASS + d * (3 * FEISTEL_PASS + 8),
+                     domain * FEISTEL_PASS + d * 4 * FEISTEL_PASS + d * d * m * 28 // domain**2)
+    return per_column * columns
 
-    Per hidden layer, dense: weight, gradient and two Adam moments; RPP and HashedNets: the wide weight they
-    build in a step (forward, and again with its gradient in backward) plus, for a stored RPP index, the index;
-    low-rank: its factors. Activations: a few copies of (batch, width). It errs high, to refuse before allocating.
-    """
+
+def _hidden_layers(model: dict, in_features: int) -> list[tuple[int, int, list[int]]]:
+    """(fan_in, fan_out, parameter tensor sizes) of each hidden layer of an MLP config (rppnets.models.MLP)."""
+    from rppnets.models import lowrank_rank
+
     kind, depth, width = model.get("kind", "dense"), model.get("depth", 2), model.get("width", 1)
-    wide = width * model.get("k", 1) if kind != "dense" else width
-    total, fan_in = 0, in_features
+    bias = {True: "full", False: "none"}.get(model.get("bias", "full"), model.get("bias", "full"))
+    wide = width if kind == "dense" else width * model.get("k", 1)
+    layers, fan_in = [], in_features
     for _ in range(depth):
-        virtual = fan_in * wide
+        biases = {"full": wide, "reuse": width, "none": 0}[bias]
         if kind == "dense":
-            total += 4 * virtual * FLOAT
+            tensors = [fan_in * wide, biases]
         elif kind == "lowrank":
-            total += 4 * (fan_in + wide) * width * FLOAT
-        else:
-            total += 3 * virtual * FLOAT  # W_p, and in backward W_p again with dW_p
-            if kind == "rpp" and model.get("permutation", "stored") in ("stored", "shared", "random"):
-                total += virtual * index_itemsize(fan_in)
-            if kind == "hashed":
-                total += virtual * 8  # int64 bucket index of the virtual matrix
-        total += 4 * batch_size * wide * FLOAT
+            rank = lowrank_rank(fan_in, wide, fan_in * width)
+            tensors = [fan_in * rank, rank * wide, biases]
+        else:  # rpp, hashed: the RPP layer's budget, fan_in * width trained weights
+            tensors = [fan_in * width, biases]
+        layers.append((fan_in, wide, [size for size in tensors if size]))
         fan_in = wide
-    return total + 4 * (fan_in * num_classes + num_classes) * FLOAT
+    return layers
+
+
+def estimate_training_bytes(model: dict, batch_size: int, in_features: int = 784, num_classes: int = 10) -> int:
+    """The tensor memory an MLP config (`model`: conf/model keys) needs to train on the CPU, at its peak: the larger
+    of building the model and a training step (Adam, float32, the CPU's default kernels: the fused C++ RPP step).
+
+    - Building: the parameters and, for a stored (or shared, once per layer shape) RPP index, each index as it is
+      built (index_build_bytes: the Feistel network runs on a domain up to twice m, in int32) after those before it.
+    - Training: the state kept between steps (parameters, gradients, Adam's two moments, the stored indices, the
+      round or sign keys), plus a step's peak above it, the largest of: the backward of each hidden layer (the
+      activations saved by the layers before it, its output gradient, its input gradient: one per thread for the
+      fused RPP step, which also holds per thread two blocks of 64 columns of W_p (three, generated P), and for
+      HashedNets the hashed virtual matrix, HASH_ENTRY bytes per entry); the ReLUs' backward (every saved ReLU
+      output and two gradients of the last); Adam's update (two temporaries the size of the largest parameter).
+    Activations are batch_size rows. Not included: the data set, the process itself (torch's libraries, about half a
+    GiB here), the allocator's slack. The threads are torch's current number (more threads, more RPP buffers).
+    """
+    import torch
+
+    from rppnets.layers.backends import FUSED_BLOCK
+
+    kind, permutation = model.get("kind", "dense"), model.get("permutation", "stored")
+    threads = torch.get_num_threads()
+    layers = _hidden_layers(model, in_features)
+    fan_in = layers[-1][1] if layers else in_features
+    tensors = [size for *_, sizes in layers for size in sizes] + [fan_in * num_classes, num_classes]
+    params = sum(tensors)
+    rpp = kind == "rpp"
+    indexed = rpp and permutation in ("stored", "shared", "random")
+    generated = rpp and permutation == "generated"
+    fused = rpp and permutation != "identity"
+
+    kept, build, built, shapes = 0, params * FLOAT, 0, set()
+    for m, wide, _ in layers:
+        if generated:
+            kept += 2 * 8 * wide * 4  # the round keys, int32 (2, rounds, k*n)
+        if rpp and model.get("signs") and not generated:
+            kept += wide * 4  # sign keys, int32 per column
+        if not indexed or (permutation == "shared" and m in shapes):
+            continue
+        shapes.add(m)
+        index = m * wide * index_itemsize(m)
+        during = 2 * index if permutation == "random" else index_build_bytes(m, wide)
+        build = max(build, params * FLOAT + built + during)
+        built += index
+    state = 4 * params * FLOAT + built + kept
+
+    saved, peak = 0, 2 * max(tensors) * FLOAT  # Adam: sqrt(v) and its quotient, for one parameter at a time
+    for m, wide, _ in layers:
+        grad_inputs = threads if fused else 1
+        layer = batch_size * (saved + wide + grad_inputs * m) * FLOAT
+        if fused:
+            layer += threads * (FUSED_BLOCK * (3 if generated else 2) * m + m * model.get("width", 1)) * FLOAT
+        if kind == "hashed":
+            layer += HASH_ENTRY * m * wide
+        peak = max(peak, layer)
+        saved += wide
+    if layers:
+        peak = max(peak, batch_size * (saved + 2 * layers[-1][1]) * FLOAT)  # ReLU backward of the last layer
+    return max(build, state + peak)
 
 
 def available_memory_bytes() -> int | None:

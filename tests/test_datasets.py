@@ -81,7 +81,8 @@ def test_each_idx_config_names_its_data_set_and_knows_the_model_size_before_any_
     dm = instantiate(cfg.data)  # nothing there and nothing read yet: it is to be downloaded
     dataset = DATASETS[config]
     assert dm.source is None and dm.dataset is dataset and dm.name == cfg.data.name == dataset.name
-    assert (dm.input_shape, dm.in_features, dm.num_classes) == ((1, 28, 28), 28 * 28, len(dataset.torchvision().classes))
+    classes = len(dataset.torchvision().classes)
+    assert (dm.input_shape, dm.in_features, dm.num_classes) == ((1, 28, 28), 28 * 28, classes)
     assert not (tmp_path / "empty").exists()
 
 
@@ -183,7 +184,8 @@ def cifar_root(tmp_path, monkeypatch):
     """data/cifar-10-batches-py/ with five training batches and a test batch of marked images, taken as official."""
     folder = tmp_path / "root" / CIFAR10.base_folder
     folder.mkdir(parents=True)
-    images = {"train": marked_images(TRAIN_ROWS, TRAIN_FILE, (3072,)), "test": marked_images(TEST_ROWS, TEST_FILE, (3072,))}
+    images = {"train": marked_images(TRAIN_ROWS, TRAIN_FILE, (3072,)),
+              "test": marked_images(TEST_ROWS, TEST_FILE, (3072,))}
     batches = {f"data_batch_{i + 1}": (images["train"][i * CIFAR_BATCH:(i + 1) * CIFAR_BATCH],
                                        np.arange(i * CIFAR_BATCH, (i + 1) * CIFAR_BATCH) % 10) for i in range(5)}
     batches["test_batch"] = (images["test"], (np.arange(TEST_ROWS) + TEST_FILE) % 10)
@@ -217,8 +219,8 @@ def test_cifar10_by_its_torchvision_class_flattened_with_the_same_split(cifar_ro
     # each row is the image's three planes, as torchvision's tensors hold them, in [0, 1]
     assert torch.equal(dm.x_test, torch.from_numpy(images["test"]).float() / 255)
     assert dm.y_train.tolist() == [row % 10 for row in order[20:80]] and dm.x_train.dtype == torch.float32
-    assert capsys.readouterr().out == (f"Data: CIFAR-10 from torchvision.datasets.cifar.CIFAR10 in {root}; 60 training, "
-                                       "20 validation, 30 test images\n")
+    assert capsys.readouterr().out == (f"Data: CIFAR-10 from torchvision.datasets.cifar.CIFAR10 in {root}; "
+                                       "60 training, 20 validation, 30 test images\n")
     # the model of the run is built for the data: 3,072 inputs, 10 classes
     net = MLP(kind="rpp", width=4, k=3, in_features=dm.in_features, num_classes=dm.num_classes)
     x, y = next(iter(dm.train_dataloader()))
@@ -252,7 +254,8 @@ def test_a_run_on_mnist_trains_and_names_its_data(idx_root, tmp_path, capsys):
     dataset, root = idx_root
     cfg = compose_train([f"data={dataset.key}", f"data.root={root}", "data.download=false", "data.val_size=20",
                          "data.batch_size=32", "trainer.max_epochs=1", "trainer.accelerator=cpu",
-                         "~callbacks.progress_bar", "logger=csv", "model=rpp", "model.k=4"], output_dir=tmp_path / "run")
+                         "~callbacks.progress_bar", "logger=csv", "model=rpp", "model.k=4"],
+                        output_dir=tmp_path / "run")
     metrics = train(cfg)
     assert metrics["test/acc"] is not None and metrics["model/params_trainable"] > 0
     assert f"Data: {dataset.name} from data.root" in capsys.readouterr().out

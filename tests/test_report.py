@@ -8,7 +8,7 @@ import pytest
 
 from rppnets.analysis.report import build_report, summary_markdown
 from rppnets.analysis.report import main as report_main
-from rppnets.analysis.report_data import LEGEND, TITLE, expected_jobs, load_sweep, memory_points, read_memory_csv, title
+from rppnets.analysis.report_data import LEGEND, expected_jobs, load_sweep, memory_points, read_memory_csv, title
 
 NETWORKS = list(LEGEND)
 SEEDS = [0, 1]
@@ -81,7 +81,8 @@ def report(tmp_path_factory):
     """One full report (W&B offline) on a sweep of five networks x two seeds, with nested job folders."""
     sweep = tmp_path_factory.mktemp("sweep")
     for number, (network, seed) in enumerate((n, s) for n in NETWORKS for s in SEEDS):
-        write_job(sweep / str(number), network, seed, with_val=network != "softmax")
+        write_hydra(write_job(sweep / str(number), network, seed, with_val=network != "softmax"), network, seed,
+                    data_name="KMNIST")
     out = sweep / "report"
     rows = build_report(sweep, wandb_mode="offline")
     return out, rows
@@ -144,7 +145,7 @@ def test_figure_files_are_written(report):
         assert (out / name).stat().st_size > 1000
     assert (out / "figure.png").read_bytes().startswith(b"\x89PNG")
     svg = (out / "figure.svg").read_text()
-    assert "Training loss on Fashion MNIST" in svg and "Epochs" in svg
+    assert "Training loss on KMNIST. m=10" in svg and "Epochs" in svg  # the data set of the jobs' configs
 
 
 def test_offline_wandb_run_holds_the_report_keys(report):
@@ -192,12 +193,16 @@ def test_report_files_survive_a_wandb_that_does_not_start(tmp_path, monkeypatch,
     assert (tmp_path / "report" / "summary.csv").is_file() and (tmp_path / "report" / "figure.svg").is_file()
 
 
-def write_hydra(folder: Path, network: str, seed: int, max_epochs: int = 30, train_size: int | None = None) -> Path:
-    """The .hydra/ folder Hydra writes into every job folder of a multirun."""
+def write_hydra(folder: Path, network: str, seed: int, max_epochs: int = 30, train_size: int | None = None,
+                data_name: str | None = "Fashion-MNIST",
+                data_target: str = "rppnets.data.FashionMNISTDataModule") -> Path:
+    """The .hydra/ folder Hydra writes into every job folder of a multirun (data_name None: a config from before the
+    data configs had a name)."""
     hydra = folder / ".hydra"
     hydra.mkdir(parents=True, exist_ok=True)
+    data = {"_target_": data_target, "train_size": train_size} | ({"name": data_name} if data_name else {})
     config = {"seed": seed, "network": network, "trainer": {"max_epochs": max_epochs},
-              "data": {"train_size": train_size}, "model": {"kind": "rpp", "permutation": "stored"}}
+              "data": data, "model": {"kind": "rpp", "permutation": "stored"}}
     (hydra / "config.yaml").write_text(json.dumps(config))  # JSON is YAML
     (hydra / "overrides.yaml").write_text(f"- network={network}\n- seed={seed}\n")
     return folder
@@ -310,8 +315,29 @@ def test_title_marks_a_run_shorter_than_the_full_reproduction(tmp_path):
     build_report(quick, wandb_mode="disabled")
     svg = (quick / "report" / "figure.svg").read_text()
     assert "(2 epochs, 5,000 training images)" in svg
-    assert title(load_sweep(full)[0]) == TITLE
-    assert title(load_sweep(quick)[0]) == TITLE + "\n(2 epochs, 5,000 training images)"
+    full_title = "Training loss on Fashion-MNIST. m=10, k=100, 2 relu hidden layers, w/ softmax output layer."
+    assert title(load_sweep(full)[0]) == full_title
+    assert title(load_sweep(quick)[0]) == full_title + "\n(2 epochs, 5,000 training images)"
+
+
+def test_titles_name_the_data_set_of_the_jobs_configs(tmp_path):
+    def sweep(name: str, **data) -> list:
+        for network in ["rpp", "dense_wide"]:
+            write_job(write_hydra(tmp_path / name / f"{network}-seed0", network, 0, **data), network, 0)
+        return load_sweep(tmp_path / name)[0]
+
+    assert title(sweep("mnist", data_name="MNIST", data_target="rppnets.data.IDXDataModule")).startswith(
+        "Training loss on MNIST. m=10")
+    assert title(sweep("cifar", data_name="CIFAR-10", data_target="rppnets.data.TorchvisionDataModule")).startswith(
+        "Training loss on CIFAR-10. m=10")
+    # a job from before data.name: Fashion-MNIST, the only data module there was
+    assert title(sweep("old", data_name=None)).startswith("Training loss on Fashion-MNIST. m=10")
+    write_job(tmp_path / "bare", "rpp", 0)  # results without Hydra's config: the data set is not known
+    assert title(load_sweep(tmp_path / "bare")[0]).startswith("Training loss on a data set not recorded. m=10")
+    build_report(tmp_path / "mnist", wandb_mode="disabled")  # the memory figure, from the runs' own numbers
+    memory_svg = (tmp_path / "mnist" / "report" / "memory.svg").read_text()
+    assert "Memory of training against quality on MNIST, one point per network" in memory_svg
+    assert "Fashion" not in (tmp_path / "mnist" / "report" / "figure.svg").read_text() + memory_svg
 
 
 def test_memory_figure_and_tables_use_every_mode_measured(tmp_path):

@@ -1,4 +1,4 @@
-"""Turns a sweep into the Fashion-MNIST training-loss figure, a memory figure, CSV/Markdown tables and a W&B run.
+"""Turns a sweep into its training-loss figure, a memory figure, CSV/Markdown tables and a W&B run.
 
 Every expected job is listed with its state (finished, failed and why, unfinished, missing) on the console, in
 summary.md and on the figure's legend; only finished jobs are drawn and averaged. `python -m rppnets.analysis.report SWEEP`
@@ -20,7 +20,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from rppnets.analysis.report_data import (
-    CURVE_COLUMNS, STATES, SUMMARY_COLUMNS, Job, NoFinishedJobs, by_network, curve_rows, job_legend, legend,
+    CURVE_COLUMNS, STATES, SUMMARY_COLUMNS, Job, NoFinishedJobs, by_network, curve_rows, data_name, job_legend, legend,
     load_sweep, loss_band, memory_points, read_memory_csv, run_settings, state_counts, summarize, title,
 )
 
@@ -184,7 +184,7 @@ def plot_memory(points: list[dict], jobs: list[Job], png: Path, svg: Path) -> No
     grid[0, 0].set_ylabel("Final training loss")
     grid[1, 0].set_ylabel("Test accuracy")
     marking = run_settings(jobs)
-    figure.suptitle("Memory of training against quality on Fashion MNIST, one point per network and way of "
+    figure.suptitle(f"Memory of training against quality on {data_name(jobs)}, one point per network and way of "
                     "holding P" + (f"\n({marking})" if marking else ""), fontsize=10)
     figure.legend(loc="lower center", ncol=2, fontsize=8, frameon=False)
     figure.tight_layout(rect=(0, 0.09, 1, 1))

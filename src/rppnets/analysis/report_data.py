@@ -13,7 +13,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-TITLE = "Training loss on Fashion MNIST. m=10, k=100, 2 relu hidden layers, w/ softmax output layer."
+# The figure's title; {data} is the data set of the jobs (data.name in their .hydra/config.yaml).
+TITLE = "Training loss on {data}. m=10, k=100, 2 relu hidden layers, w/ softmax output layer."
+# Jobs written before the data configs had a `name` key: their data module's class says which data set it was.
+DATA_NAMES_BY_CLASS = {"rppnets.data.FashionMNISTDataModule": "Fashion-MNIST"}
 FULL_EPOCHS = 30  # the figure's training (conf/experiment/fashion_mnist_plot.yaml), on all training images
 
 # Legend entries of the figure, in its legend order (described in experiments/fashion_mnist_plot/README.md).
@@ -111,7 +114,9 @@ def read_settings(folder: Path) -> dict:
     cfg = OmegaConf.load(path)
     settings = {"network": cfg.get("network"), "seed": cfg.get("seed"),
                 "max_epochs": OmegaConf.select(cfg, "trainer.max_epochs"),
-                "train_size": OmegaConf.select(cfg, "data.train_size")}
+                "train_size": OmegaConf.select(cfg, "data.train_size"),
+                "data": OmegaConf.select(cfg, "data.name")
+                or DATA_NAMES_BY_CLASS.get(OmegaConf.select(cfg, "data._target_"))}
     if OmegaConf.select(cfg, "model.kind") == "rpp":
         settings["permutation"] = OmegaConf.select(cfg, "model.permutation")
     return settings
@@ -271,10 +276,18 @@ def run_settings(jobs: list[Job]) -> str | None:
     return ", ".join(parts) or None
 
 
+def data_name(jobs: list[Job]) -> str:
+    """The data set the finished jobs trained on, from their configs ("a data set not recorded" without one)."""
+    names = sorted({job.settings["data"] for job in jobs if job.finished and job.settings.get("data")})
+    return " / ".join(names) or "a data set not recorded"
+
+
 def title(jobs: list[Job]) -> str:
-    """The figure's title, marked when the jobs ran shorter or on fewer images than the full reproduction."""
+    """The figure's title, naming the data set, marked when the jobs ran shorter or on fewer images than the full
+    reproduction."""
     marking = run_settings(jobs)
-    return f"{TITLE}\n({marking})" if marking else TITLE
+    text = TITLE.format(data=data_name(jobs))
+    return f"{text}\n({marking})" if marking else text
 
 
 def loss_band(jobs: list[Job]) -> tuple[list[int], list[float], list[float], list[float]]:

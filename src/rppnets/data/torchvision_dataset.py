@@ -93,7 +93,8 @@ class TorchvisionDataModule(InMemoryDataModule):
             image, label = split[index]
             if not torch.is_tensor(image):
                 raise CorruptDataError(f"{dataset_name(self.dataset)}: the transform gave a {type(image).__name__}, "
-                                       "expected a tensor (e.g. transform: {_target_: torchvision.transforms.ToTensor})")
+                                       "expected a tensor (e.g. transform: "
+                                       "{_target_: torchvision.transforms.ToTensor})")
             if tuple(image.shape) != self.input_shape:
                 raise CorruptDataError(f"{self.name}: image {index} has the shape {tuple(image.shape)}, expected "
                                        f"input_shape={list(self.input_shape)}")

@@ -1,5 +1,5 @@
 """Helpers the tests import: the real configs composed and shrunk, IDX files written like the official ones, and a
-forward-backward pass of a layer, W_p built by loops, and a run's CSV rows. Fixtures stay in conftest.py; this module holds plain functions."""
+forward-backward pass of a layer, W_p (and signed RPP's signs) built by loops, and a run's CSV rows. Fixtures stay in conftest.py; this module holds plain functions."""
 
 import csv
 import gzip
@@ -41,15 +41,37 @@ def forward_backward(layer, x):
     return y, x.grad, layer.weight.grad, layer.bias.grad
 
 
-def permuted_weight_by_loops(p, w, dtype):
-    """W_p (m, k*n) entry by entry with Python loops from P (k, m, n) and W (m, n): W_p[i, h*n + j] = W[P[h, i, j], j]."""
+def permuted_weight_by_loops(p, w, dtype, signs=None):
+    """W_p (m, k*n) entry by entry with Python loops from P (k, m, n) and W (m, n): W_p[i, h*n + j] = W[P[h, i, j], j],
+    times signs[h, i, j] where signs (k, m, n) of +-1 are given (signed RPP)."""
     k, m, n = p.shape
     wp = torch.empty(m, k * n, dtype=dtype)
     for h in range(k):
         for i in range(m):
             for j in range(n):
-                wp[i, h * n + j] = w[p[h, i, j], j]
+                wp[i, h * n + j] = w[p[h, i, j], j] * (1 if signs is None else signs[h, i, j])
     return wp
+
+
+def signs_by_loops(seed: int, layer: int, m: int, n: int, k: int) -> torch.Tensor:
+    """Signed RPP's signs s (k, m, n) of +-1 from the Feistel round keys of (seed, layer), in plain Python integers,
+    as rppnets.layers.permutation documents them: column c = h*n + j has the key (round 0's addend << 15) | (its
+    multiplier >> 1); row i's sign is negative where the top bit of lowbias32's steps on i ^ key is set."""
+    from rppnets.layers.permutation import round_keys
+
+    keys = round_keys(seed, layer, k, n).tolist()  # [addends, multipliers] x rounds x columns
+    signs = torch.empty(k, m, n)
+    for h in range(k):
+        for j in range(n):
+            key = (keys[0][0][h * n + j] << 15) | (keys[1][0][h * n + j] >> 1)
+            for i in range(m):
+                x = i ^ key
+                x ^= x >> 16
+                x = (x * 0x7FEB352D) % 2**32
+                x ^= x >> 15
+                x = (x * 0x846CA68B) % 2**32
+                signs[h, i, j] = -1 if x >> 31 else 1
+    return signs
 
 
 def epoch_rows(csv_path: Path) -> list[dict]:

@@ -9,7 +9,7 @@ from helpers import CONF_DIR, compose_train
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from rppnets.analysis.frontier_report import main, read_jobs, summarize, write_report
+from rppnets.analysis.frontier_report import main, read_jobs, summarize, summary_markdown, write_report
 from rppnets.layers.rpp_linear import RPPLinear
 
 
@@ -148,3 +148,30 @@ def test_controls_experiment_composes_each_mode(tmp_path):
         assert (model.kind, model.width, model.k, model.bias, model.permutation) == ("rpp", 10, 100, "full", mode)
         layers = [layer for layer in instantiate(model) if isinstance(layer, RPPLinear)]
         assert [layer.permutation for layer in layers] == [mode, mode]
+
+
+def test_signed_rpp_is_its_own_line_with_its_label_and_colour(frontier_sweep):
+    from matplotlib.colors import to_hex
+
+    from rppnets.analysis.frontier_report import frontier_figure
+
+    for seed, (acc, loss) in enumerate([(0.81, 0.45), (0.83, 0.35)]):
+        write_job(frontier_sweep, f"rpp_signed-k1-seed{seed}", "rpp_signed", seed, 8070, acc, loss, k=1)
+    write_job(frontier_sweep, "rpp_signed-k10-seed0", "rpp_signed", 0, 10050, 0.88, 0.15, k=10)
+    rows = summarize(read_jobs(frontier_sweep))
+    assert [(row["network"], row["k"]) for row in rows][:4] == [("rpp", 1), ("rpp", 10), ("rpp_signed", 1),
+                                                                 ("rpp_signed", 10)]
+    accuracy, loss = frontier_figure(rows).axes
+    lines = {line.get_label(): line for line in accuracy.get_lines()}
+    assert list(lines) == ["RPP (m=10)", "signed RPP (m=10)", "dense, same budget", "HashedNets", "low-rank"]
+    signed = lines["signed RPP (m=10)"]
+    assert list(signed.get_xdata()) == [8070, 10050] and list(signed.get_ydata()) == pytest.approx([0.82, 0.88])
+    colours = {label: to_hex(line.get_color()) for label, line in lines.items()}
+    assert len(set(colours.values())) == 5  # each method its own colour
+    assert colours["RPP (m=10)"] == to_hex("C0") and colours["signed RPP (m=10)"] == to_hex("C4")
+    # a method keeps its colour whichever others the sweep holds
+    only = frontier_figure([row for row in rows if row["network"] in ("rpp_signed", "hashed")]).axes[0]
+    assert {line.get_label(): to_hex(line.get_color()) for line in only.get_lines()} == {
+        "signed RPP (m=10)": to_hex("C4"), "HashedNets": to_hex("C2")}
+    summary = summary_markdown(rows, "k")
+    assert "| rpp_signed | 1 | 8,070 | 0.8200 | 0.8100–0.8300 | 0.4000 | 0.3500–0.4500 | 2 |" in summary

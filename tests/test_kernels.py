@@ -1,6 +1,6 @@
 """The compiled kernels give what the eager reference gives: the C++ CPU kernels (materialising and fused), and the
-Triton kernels (materialising and fused) run by Triton's interpreter on the CPU (the same code that runs on a GPU);
-and the C++ build's key."""
+Triton kernels (materialising and fused) run by Triton's interpreter on the CPU (the same code that runs on a GPU),
+unsigned and signed; and the C++ build's key."""
 
 import importlib.util
 import os
@@ -15,7 +15,7 @@ from helpers import forward_backward
 
 from rppnets.layers import backends, cpu_kernels
 from rppnets.layers.backends import CppBackend, EagerBackend, Permutation, flat_index
-from rppnets.layers.permutation import build_index, permuted_rows, round_keys
+from rppnets.layers.permutation import build_index, permuted_rows, round_keys, sign_keys
 from rppnets.layers.rpp_linear import PERMUTATIONS, RPPLinear
 
 # edge cases of the Feistel domain: tiny, powers of two and their neighbours, the project's sizes
@@ -138,6 +138,70 @@ def test_fused_step_on_several_threads_inside_autograd(cpu_kernel):
         torch.set_num_threads(threads)
 
 
+def signed_permutations(m: int, n: int, k: int, seed: int = 1, layer: int = 2) -> list[Permutation]:
+    """permutations(), each signed with the sign keys of (seed, layer)."""
+    signs = sign_keys(round_keys(seed, layer, k, n))
+    return [Permutation(perm.kind, perm.p, m, n, k, signs) for perm in permutations(m, n, k, seed, layer)]
+
+
+@pytest.mark.parametrize("m", [200, 784, 70000])  # P stored as uint8, int16, int32
+def test_signed_cpu_kernels_equal_the_eager_reference_bit_for_bit(cpu_kernel, m):
+    n, k = 3, 4
+    cpp = CppBackend(cpu_kernel, fused=False)
+    stored, generated, identity = signed_permutations(m, n, k)
+    negative = stored.negative()
+    assert negative.any() and not negative.all()
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        weight, grad_wp = torch.randn(m, n).to(dtype), torch.randn(m, k * n).to(dtype)
+        unsigned_wp = weight.reshape(-1)[flat_index(stored).long()].view(m, -1)
+        want_wp = torch.where(negative, -unsigned_wp, unsigned_wp)
+        for perm in (stored, generated):  # the index's rows, and P generated inside the kernel
+            assert torch.equal(cpp.permuted_weight(weight, perm), want_wp), (m, dtype, perm.kind)
+            assert torch.equal(EAGER.permuted_weight(weight, perm), want_wp), (m, dtype, perm.kind)
+            assert torch.equal(cpp.fold(grad_wp, perm), EAGER.fold(grad_wp, perm)), (m, dtype, perm.kind)
+        accumulate = torch.promote_types(dtype, torch.float32)
+        signed_terms = torch.where(negative, -grad_wp, grad_wp).to(accumulate).reshape(-1)
+        want_dw = torch.bincount(flat_index(stored).long(), signed_terms, minlength=m * n).view(m, n)
+        assert torch.equal(cpp.fold(grad_wp, stored), want_dw), (m, dtype)
+        wp_identity = torch.cat([weight] * k, dim=1)
+        assert torch.equal(cpp.permuted_weight(weight, identity), torch.where(negative, -wp_identity, wp_identity))
+
+
+@pytest.mark.parametrize("m, n, k", [(1, 1, 1), (5, 3, 2), (300, 7, 6), (784, 10, 100), (70000, 2, 3)])
+def test_signed_fused_products_equal_the_eager_ones(cpu_kernel, m, n, k):
+    fused = CppBackend(cpu_kernel, fused=True)
+    for perm in signed_permutations(m, n, k):
+        x, weight, grad_y = torch.randn(9, m), torch.randn(m, n), torch.randn(9, k * n)
+        for dtype, tol in ((torch.float64, 1e-10), (torch.bfloat16, 0.05)):
+            x_, w_, dy_ = x.to(dtype), weight.to(dtype), grad_y.to(dtype)
+            want = (EAGER.matmul(x_.double(), w_.double(), perm), *EAGER.backward(dy_.double(), x_.double(),
+                                                                                   w_.double(), perm))
+            got = (fused.matmul(x_, w_, perm), *fused.backward(dy_, x_, w_, perm))
+            for a, b in zip(got, want):
+                torch.testing.assert_close(a.double(), b, atol=tol * b.abs().max().item(), rtol=tol)
+            assert torch.equal(fused.backward(dy_, x_, None, perm)[1], got[2])  # dW alone: the same sums
+
+
+def test_signed_fused_blocks_take_the_signs_of_their_own_columns(cpu_kernel, monkeypatch):
+    m, n, k = 100, 3, 7  # 21 columns: blocks of 1, 4 (a partial last block), 21 and more
+    for perm in signed_permutations(m, n, k)[:2]:  # stored and generated
+        x, weight = torch.randn(4, m, dtype=torch.float64), torch.randn(m, n, dtype=torch.float64)
+        grad_y = torch.randn(4, k * n, dtype=torch.float64)
+        want = (EAGER.matmul(x, weight, perm), *EAGER.backward(grad_y, x, weight, perm))
+        for block in (1, 4, 21, 64):
+            monkeypatch.setattr(backends, "FUSED_BLOCK", block)
+            fused = CppBackend(cpu_kernel, fused=True)
+            got = (fused.matmul(x, weight, perm), *fused.backward(grad_y, x, weight, perm))
+            for a, b in zip(got, want):
+                torch.testing.assert_close(a, b, atol=1e-12, rtol=0, msg=f"{perm.kind}, block {block}")
+
+
+def test_signed_kernels_refuse_sign_keys_of_the_wrong_size(cpu_kernel):
+    rows = build_index(10, 2, 3, seed=0, layer=0)
+    with pytest.raises(RuntimeError, match="signs: expected contiguous CPU int32 sign keys, one per column"):
+        cpu_kernel.gather_weight(rows, torch.randn(10, 2), torch.zeros(5, dtype=torch.int32))
+
+
 HOOKS_CHECK = textwrap.dedent(
     """
     import torch
@@ -202,7 +266,7 @@ TRITON_CHECK = textwrap.dedent(
     import torch
     from rppnets.layers import triton_kernels as kernels
     from rppnets.layers.backends import EagerBackend, Permutation, TritonBackend, flat_index
-    from rppnets.layers.permutation import build_index, permuted_rows, round_keys
+    from rppnets.layers.permutation import build_index, negative_signs, permuted_rows, round_keys, sign_keys
 
     triton, eager = TritonBackend(kernels), EagerBackend()
     for m, n, k in [(1, 1, 1), (2, 3, 2), (5, 2, 3), (33, 4, 5), (100, 3, 7), (257, 2, 3), (784, 2, 2)]:
@@ -219,9 +283,20 @@ TRITON_CHECK = textwrap.dedent(
         bf16 = kernels.fold_weight_grad(grad_wp.bfloat16(), n, k, torch.float32, keys=keys)
         assert bf16.dtype == torch.float32
         torch.testing.assert_close(bf16, want_dw.float(), atol=0.1, rtol=0.05)
+        # signed: each entry of W_p, and each term of the fold, with its sign
+        signs = sign_keys(keys)
+        sign = 1 - 2 * negative_signs(m, signs).double()
+        want_signed_dw = torch.zeros(m * n, dtype=torch.float64).index_add_(0, index, (grad_wp * sign).reshape(-1))
+        for p in ({"keys": keys}, {"index": build_index(m, n, k, 4, 2)}):
+            assert torch.equal(kernels.permuted_weight(weight, k, **p, signs=signs), want_wp * sign), (m, n, k)
+            got = kernels.fold_weight_grad(grad_wp, n, k, torch.float64, **p, signs=signs)
+            torch.testing.assert_close(got, want_signed_dw.view(m, n), atol=1e-12, rtol=0)
         # the CUDA backend's step, composed of those kernels, against the eager one
         x, grad_y = torch.randn(3, m, dtype=torch.float64), torch.randn(3, k * n, dtype=torch.float64)
-        for perm in (Permutation("keys", keys, m, n, k), Permutation("index", build_index(m, n, k, 4, 2), m, n, k)):
+        signed = [Permutation(kind, q, m, n, k, signs) for kind, q in
+                  (("keys", keys), ("index", build_index(m, n, k, 4, 2)), ("identity", None))]
+        for perm in [Permutation("keys", keys, m, n, k), Permutation("index", build_index(m, n, k, 4, 2), m, n, k),
+                     *signed]:
             torch.testing.assert_close(triton.matmul(x, weight, perm), eager.matmul(x, weight, perm))
             for got, want in zip(triton.backward(grad_y, x, weight, perm), eager.backward(grad_y, x, weight, perm)):
                 torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
@@ -232,10 +307,12 @@ TRITON_CHECK = textwrap.dedent(
 
 FUSED_TRITON_CHECK = textwrap.dedent(
     """
+    import itertools
+
     import torch
     from rppnets.layers import backends, triton_kernels as kernels
     from rppnets.layers.backends import EagerBackend, Permutation, TritonBackend
-    from rppnets.layers.permutation import build_index, random_index, round_keys
+    from rppnets.layers.permutation import build_index, random_index, round_keys, sign_keys
     from rppnets.layers.rpp_linear import BIAS_MODES, PERMUTATIONS, RPPLinear
 
     fused, eager = TritonBackend(kernels, fused=True), EagerBackend()
@@ -247,6 +324,9 @@ FUSED_TRITON_CHECK = textwrap.dedent(
         perms = {"generated": Permutation("keys", keys, m, n, k),
                  "stored": Permutation("index", build_index(m, n, k, 4, 2), m, n, k),
                  "random": Permutation("index", random_index(m, n, k, 4, 2), m, n, k)}
+        for name in list(perms):  # signed RPP: the same P, each entry with its sign
+            perms[f"{name}, signed"] = Permutation(perms[name].kind, perms[name].p, m, n, k, sign_keys(keys))
+        perms["identity, signed"] = Permutation("identity", None, m, n, k, sign_keys(keys))
         x, weight = torch.randn(batch, m, dtype=torch.float64), torch.randn(m, n, dtype=torch.float64)
         grad_y = torch.randn(batch, k * n, dtype=torch.float64)
         for name, perm in perms.items():
@@ -261,9 +341,10 @@ FUSED_TRITON_CHECK = textwrap.dedent(
             assert fused.backward(grad_y, x, None, perm)[0] is None, case
         # float32 and float16 in, float32 sums: dtypes of the eager step, values within their rounding. Not bfloat16:
         # the interpreter's tl.dot gets it wrong (Triton 3.8, even a bare 16 x 16 product); the CUDA tests check it
-        for dtype, tol in ((torch.float32, 1e-5), (torch.float16, 1e-2)):
+        for (dtype, tol), name in itertools.product(((torch.float32, 1e-5), (torch.float16, 1e-2)),
+                                                    ("generated", "generated, signed")):
             x_, w_, dy_ = x.to(dtype), weight.to(dtype), grad_y.to(dtype)
-            perm = perms["generated"]
+            perm = perms[name]
             got = (fused.matmul(x_, w_, perm), *fused.backward(dy_, x_, w_, perm))
             want = (eager.matmul(x_, w_, perm), *eager.backward(dy_, x_, w_, perm))
             for a, b in zip(got, want):
@@ -276,9 +357,9 @@ FUSED_TRITON_CHECK = textwrap.dedent(
     fused.device_types = ("cpu",)
     backends._BACKENDS["triton-fused"] = fused
     for permutation in PERMUTATIONS:
-        for bias in BIAS_MODES:
+        for bias, signs in [(bias, False) for bias in BIAS_MODES] + [("full", True)]:
             torch.manual_seed(0)
-            layer = RPPLinear(33, 4, 3, bias=bias, permutation=permutation, seed=5, layer=2).double()
+            layer = RPPLinear(33, 4, 3, bias=bias, permutation=permutation, seed=5, layer=2, signs=signs).double()
             x = torch.randn(7, 33, dtype=torch.float64, requires_grad=True)
             results = []
             for backend in ("triton-fused", "eager"):
@@ -289,7 +370,7 @@ FUSED_TRITON_CHECK = textwrap.dedent(
                 y.square().mean().backward()
                 results.append([y, *(param.grad for param in (x, *layer.parameters()))])
             for got, want in zip(*results):
-                torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12, msg=f"{permutation}, bias {bias}")
+                torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12, msg=f"{permutation}, {bias}, {signs}")
     print("fused triton kernels agree")
     """
 )

@@ -141,3 +141,65 @@ def test_frontier_experiment_composes_every_job_to_the_counted_networks(tmp_path
             assert count_trainable(instantiate(cfg.model)) == FRONTIER_COUNTS[k][cfg.network]
             methods.add(cfg.network)
     assert methods == {"rpp", "dense", "hashed", "lowrank"}
+
+
+def test_signs_and_init_reach_every_rpp_layer():
+    net = MLP(kind="rpp", width=4, k=3, signs=True, init="glorot_wide", seed=2)
+    layers = [layer for layer in net if isinstance(layer, RPPLinear)]
+    assert [(layer.signs, layer.init, layer.layer) for layer in layers] == [(True, "glorot_wide", 0),
+                                                                           (True, "glorot_wide", 1)]
+    plain = [layer for layer in MLP(kind="rpp", width=4, k=3) if isinstance(layer, RPPLinear)]
+    assert [(layer.signs, layer.init) for layer in plain] == [(False, "hidden_fan_in")] * 2
+    assert MLP(kind="rpp", width=4, k=3, signs=True)(torch.rand(2, 28, 28)).shape == (2, 10)
+
+
+def test_the_mlp_knows_the_layers_inits():
+    from rppnets.layers.rpp_linear import INITS
+    from rppnets.models import RPP_INITS
+
+    assert RPP_INITS == INITS
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"kind": "rpp", "signs": "true"}, "signs"),
+    ({"kind": "dense", "signs": True}, "signs"),
+    ({"kind": "hashed", "signs": True}, "signs"),
+    ({"kind": "rpp", "init": "xavier"}, "init"),
+    ({"kind": "lowrank", "init": "glorot_wide"}, "init"),
+])
+def test_bad_signs_and_init_name_the_argument(kwargs, name):
+    with pytest.raises(ValueError, match=f"^{name}=.* is invalid; allowed: "):
+        MLP(**kwargs)
+
+
+def test_the_signed_network_config_trains_signed_rpp_and_names_its_runs(tmp_path):
+    from rppnets.training.pipeline import model_name, run_name
+
+    cfg = compose_train(["network=rpp_signed", "seed=3"], output_dir=tmp_path)
+    assert (cfg.network, cfg.model.kind, cfg.model.width, cfg.model.k, cfg.model.bias) == (
+        "rpp_signed", "rpp", 10, 100, "full")
+    assert cfg.model.signs is True and cfg.model.init == "hidden_fan_in"
+    net = instantiate(cfg.model)
+    assert [layer.signs for layer in net if isinstance(layer, RPPLinear)] == [True, True]
+    assert count_trainable(net) == FRONTIER_COUNTS[100]["rpp"]
+    assert run_name(cfg) == "rpp-w10-k100-signed-s3"
+    rpp = compose_train(["network=rpp"], output_dir=tmp_path)
+    assert rpp.model.signs is False and model_name(rpp) == "rpp-w10-k100"
+
+
+def test_the_init_ablation_composes_each_init_signed_and_unsigned(tmp_path):
+    sweep = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "experiment" / "init_ablation.yaml"))["hydra"]
+    params = sweep["sweeper"]["params"]
+    inits, networks = params["model.init"].split(","), params["network"].split(",")
+    assert inits == ["hidden_fan_in", "wide_fan_in", "glorot_hidden", "glorot_wide"]
+    assert networks == ["rpp", "rpp_signed"] and sweep["sweep"]["subdir"] == "${network}-${model.init}-seed${seed}"
+    for network in networks:
+        for init in inits:
+            cfg = compose_train(["experiment=init_ablation", f"network={network}", f"model.init={init}"],
+                                output_dir=tmp_path)
+            assert (cfg.group, cfg.skip_finished, cfg.trainer.max_epochs) == ("init_ablation", True, 3)
+            model = cfg.model
+            assert (model.kind, model.width, model.k, model.bias, model.init) == ("rpp", 10, 100, "full", init)
+            assert model.signs is (network == "rpp_signed")
+            layers = [layer for layer in instantiate(model) if isinstance(layer, RPPLinear)]
+            assert [(layer.init, layer.signs) for layer in layers] == [(init, model.signs)] * 2

@@ -103,3 +103,21 @@ def test_index_counts_of_stored_permutations():
     net = MLP(kind="rpp", width=4, k=5, depth=2, bias="full", permutation="stored", in_features=20, num_classes=3)
     metrics, _ = logged_stats(net)
     assert metrics["model/index_elements"] == 2 * 20 * 20 and metrics["model/index_bytes"] == 2 * 20 * 20  # uint8
+
+
+@pytest.mark.parametrize("permutation", ["stored", "shared", "generated", "identity", "random"])
+@pytest.mark.parametrize("bias, hidden_bias", [("full", 20), ("reuse", 4), ("none", 0)])
+def test_signed_rpp_and_every_init_count_like_unsigned_rpp(permutation, bias, hidden_bias):
+    # signs and the init change values, never the count: the logged numbers and the formula stay those of RPP
+    unsigned, _ = logged_stats(MLP(kind="rpp", width=4, k=5, bias=bias, permutation=permutation, in_features=20,
+                                   num_classes=3))
+    for init in ("hidden_fan_in", "wide_fan_in", "glorot_hidden", "glorot_wide"):
+        net = MLP(kind="rpp", width=4, k=5, bias=bias, permutation=permutation, in_features=20, num_classes=3,
+                  signs=True, init=init)
+        metrics, _ = logged_stats(net)
+        assert metrics["model/params_trainable"] == own_count(net) == 2 * (20 * 4 + hidden_bias) + 63
+        assert metrics["model/params_trainable"] == rpp_trainable(5, 4, 2, 20, 3, bias)
+        for key in ("model/params_trainable", "model/params_dense_equivalent", "model/index_elements",
+                    "model/index_bytes"):
+            assert metrics[key] == unsigned[key], (key, init)
+        assert count_dense_equivalent(net) == metrics["model/params_dense_equivalent"]

@@ -15,7 +15,7 @@ import math
 import pytest
 import torch
 
-from rppnets.layers.permutation import permuted_rows, round_keys
+from rppnets.layers.permutation import negative_signs, permuted_rows, round_keys, sign_keys
 
 Z = 4.753  # the normal's two-sided 2e-6 tail
 COLUMNS = {33: 200_000, 784: 20_000}
@@ -72,3 +72,40 @@ def test_the_statistics_see_a_permutation_that_is_not_random():
     p[:, ::50] = torch.arange(m)[:, None]
     count = (p == torch.arange(m)[:, None]).sum(0)
     assert (count.sum().item() - n) / math.sqrt(n) > Z
+
+
+@pytest.mark.parametrize("m, n", [(33, 20_000), (784, 4_000)])
+def test_signs_are_balanced_and_uncorrelated_with_row_neighbours_columns_and_p(m, n):
+    # signed RPP's signs against independent fair coins: each statistic is a sum of N products of +-1, z = sum / sqrt(N)
+    keys = round_keys(seed=0, layer=0, k=1, n=n)
+    s = 1 - 2 * negative_signs(m, sign_keys(keys)).double()  # (m, columns)
+    p = permuted_rows(m, keys).long()
+    rows = torch.arange(m)[:, None].expand(m, n)
+
+    def z(a: torch.Tensor, b: torch.Tensor | None = None) -> float:
+        products = a if b is None else a * b
+        return products.sum().item() / math.sqrt(products.numel())
+
+    statistics = {
+        "balance": z(s),
+        "row i's low bit": z(s, 1 - 2 * (rows % 2).double()),
+        "first half of the rows": z(s, torch.where(rows < m // 2, 1.0, -1.0)),
+        "neighbour rows": z(s[1:], s[:-1]),
+        "neighbour columns": z(s[:, 1:], s[:, :-1]),
+        "P(i)'s low bit": z(s, 1 - 2 * (p % 2).double()),
+        "P(i) in the first half": z(s, torch.where(p < m // 2, 1.0, -1.0)),
+    }
+    assert all(abs(value) < Z for value in statistics.values()), statistics
+    per_column = s.sum(0).pow(2) / m  # about chi-square(1) per column for fair coins
+    spread = (per_column.sum().item() - n) / math.sqrt(2 * n)
+    assert abs(spread) < Z, f"spread of the columns' balance z = {spread:.2f}"
+
+
+def test_the_sign_statistics_see_signs_that_are_not_random():
+    # their power: signs that follow the row's low bit in 2% of the columns are seen at once
+    m, n = 784, 4_000
+    s = 1 - 2 * negative_signs(m, sign_keys(round_keys(seed=0, layer=0, k=1, n=n))).double()
+    s[:, ::50] = 1 - 2 * (torch.arange(m)[:, None] % 2).double()
+    rows = torch.arange(m)[:, None].expand(m, n)
+    products = s * (1 - 2 * (rows % 2).double())
+    assert products.sum().item() / math.sqrt(products.numel()) > Z

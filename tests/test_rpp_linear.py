@@ -1,17 +1,27 @@
-"""Tests of RPPLinear: against an explicit float64 reference, structure of P, modes, memory, bad input."""
+"""Tests of RPPLinear: against an explicit float64 reference, structure of P, modes, memory, bad input; signed RPP and
+the init option."""
 
 import copy
+import math
 
 import pytest
 import torch
-from helpers import forward_backward, permuted_weight_by_loops
+from helpers import forward_backward, permuted_weight_by_loops, signs_by_loops
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rppnets.layers import rpp_ops
 from rppnets.layers.backends import EagerBackend, Permutation, default_backend
 from rppnets.layers.permutation import build_index
-from rppnets.layers.rpp_linear import BIAS_MODES, FEISTEL_PERMUTATIONS, PERMUTATIONS, RPPLinear, index_storage
+from rppnets.layers.rpp_linear import (
+    BIAS_MODES,
+    FEISTEL_PERMUTATIONS,
+    INITS,
+    PERMUTATIONS,
+    RPPLinear,
+    index_storage,
+)
+from torch import nn
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -394,3 +404,179 @@ def test_cuda_fused_triton_step_never_allocates_a_whole_w_p(permutation):
     # contiguous, x^T, the fold's partial dWs and, stored, P^-1 in the index's dtype (int16: half a W_p), 0.9 W_p
     unfused, fused = step_peak("triton"), step_peak("triton-fused")
     assert unfused >= 2 * wp_bytes and fused < wp_bytes, (unfused, fused, wp_bytes)
+
+
+# Signed RPP (signs=True) and the init option.
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    m=st.integers(1, 9),
+    n=st.integers(1, 4),
+    k=st.integers(1, 4),
+    bias=st.sampled_from(BIAS_MODES),
+    permutation=st.sampled_from(PERMUTATIONS),
+    seed=st.integers(0, 2**64 - 1),
+    layer_id=st.integers(0, 50),
+)
+def test_signed_layer_matches_float64_loop_reference(m, n, k, bias, permutation, seed, layer_id):
+    torch.manual_seed(0)
+    layer = RPPLinear(m, n, k, bias=bias, permutation=permutation, seed=seed, layer=layer_id, signs=True).double()
+    s = signs_by_loops(seed, 0 if permutation == "shared" else layer_id, m, n, k)
+    assert torch.equal(layer.sign_tensor(), s)
+    x = torch.randn(3, m, dtype=torch.float64, requires_grad=True)
+    y = layer(x)
+    wp = permuted_weight_by_loops(layer.permutation_tensor(), layer.weight.detach(), torch.float64, s)
+    expected = x @ wp + (0 if layer.bias is None else (layer.bias.repeat(k) if bias == "reuse" else layer.bias))
+    torch.testing.assert_close(y, expected, atol=1e-10, rtol=0)
+    grad_y = torch.randn_like(y)
+    grad_x, grad_w = torch.autograd.grad(y, [x, layer.weight], grad_y)
+    torch.testing.assert_close(grad_x, grad_y @ wp.t(), atol=1e-10, rtol=0)
+    # dW[r, j]: the sum over the copies h of s * dW_p where W[r, j] went, P[h, i, j] = r
+    grad_wp, p = x.detach().t() @ grad_y, layer.permutation_tensor()
+    want = torch.zeros(m, n, dtype=torch.float64)
+    for h in range(k):
+        for i in range(m):
+            for j in range(n):
+                want[p[h, i, j], j] += s[h, i, j] * grad_wp[i, h * n + j]
+    torch.testing.assert_close(grad_w, want, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("permutation", PERMUTATIONS)
+def test_signed_w_p_holds_each_entry_of_w_k_times_with_a_sign(permutation):
+    m, n, k = 13, 5, 7
+    layer = RPPLinear(m, n, k, permutation=permutation, seed=3, layer=2, signs=True)
+    unsigned = RPPLinear(m, n, k, permutation=permutation, seed=3, layer=2)
+    with torch.no_grad():
+        for each in (layer, unsigned):
+            each.weight.copy_(torch.arange(1, m * n + 1, dtype=torch.float32).view(m, n))  # distinct, none 0
+            each.bias.zero_()
+    wp, plain = layer(torch.eye(m)), unsigned(torch.eye(m))  # row i of the output is row i of W_p
+    assert torch.equal(wp.abs(), plain)  # the same P: only the signs differ
+    s = layer.sign_tensor().permute(1, 0, 2).reshape(m, k * n)
+    assert torch.equal(wp, plain * s)
+    negative = (s < 0).float().mean().item()
+    assert 0.3 < negative < 0.7  # both signs, about half each
+    if permutation != "identity":  # each entry of W keeps |value| k times, as unsigned
+        assert torch.equal(torch.bincount(wp.abs().flatten().long(), minlength=m * n + 1)[1:], torch.full((m * n,), k))
+
+
+def test_signs_depend_on_seed_and_layer_and_differ_between_columns_and_copies():
+    s = RPPLinear(40, 4, 3, seed=0, layer=0, signs=True).sign_tensor()
+    assert torch.equal(s, RPPLinear(40, 4, 3, seed=0, layer=0, signs=True, permutation="generated").sign_tensor())
+    assert not torch.equal(s, RPPLinear(40, 4, 3, seed=0, layer=1, signs=True).sign_tensor())
+    assert not torch.equal(s, RPPLinear(40, 4, 3, seed=1, layer=0, signs=True).sign_tensor())
+    assert torch.equal(RPPLinear(40, 4, 3, seed=0, layer=1, signs=True, permutation="shared").sign_tensor(), s)
+    assert len({tuple(s[h, :, j].tolist()) for h in range(3) for j in range(4)}) == 12
+    assert torch.equal(RPPLinear(40, 4, 3).sign_tensor(), torch.ones(3, 40, 4))  # unsigned: all +1
+
+
+def test_signs_add_no_parameters_nor_state_and_generated_keeps_nothing_more():
+    for permutation in PERMUTATIONS:
+        signed = RPPLinear(300, 4, 3, permutation=permutation, signs=True)
+        unsigned = RPPLinear(300, 4, 3, permutation=permutation)
+        assert [p.shape for p in signed.parameters()] == [p.shape for p in unsigned.parameters()]
+        assert set(signed.state_dict()) == set(unsigned.state_dict()) == {"weight", "bias"}
+        assert index_storage(signed) == index_storage(unsigned)
+        extra = {name: b for name, b in signed.named_buffers()}.keys() - {name for name, _ in unsigned.named_buffers()}
+        if permutation == "generated":  # the sign keys are made from the round keys where used
+            assert extra == set()
+        else:  # one int32 key per column: 32 / m bits per entry of W_p
+            assert extra == {"sign_keys"} and signed.sign_keys.shape == (12,) and signed.sign_keys.dtype == torch.int32
+    loaded = RPPLinear(300, 4, 3, signs=True, permutation="generated")
+    stored = RPPLinear(300, 4, 3, signs=True)
+    loaded.load_state_dict(stored.state_dict())
+    x = torch.randn(2, 300)
+    torch.testing.assert_close(loaded(x), stored(x))  # the signs come back from seed and layer, like P
+
+
+def test_signed_layer_weight_gradient_is_deterministic_and_repr_names_signs():
+    layer = RPPLinear(64, 8, 20, permutation="generated", signs=True)
+    x = torch.randn(32, 64)
+    grads = []
+    for _ in range(2):
+        layer.zero_grad()
+        layer(x).square().sum().backward()
+        grads.append(layer.weight.grad.clone())
+    assert torch.equal(grads[0], grads[1])
+    assert "signs=True" in repr(layer) and "signs" not in repr(RPPLinear(64, 8, 20))
+
+
+@pytest.mark.parametrize("permutation", ["stored", "generated", "identity"])
+def test_signed_bfloat16_autocast_is_close_to_float32(permutation):
+    torch.manual_seed(0)
+    layer = RPPLinear(64, 8, 4, permutation=permutation, signs=True)
+    x = torch.randn(16, 64)
+    y32 = layer(x)
+    y32.square().mean().backward()
+    grad32 = layer.weight.grad.clone()
+    layer.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y16 = layer(x)
+    assert y16.dtype == torch.bfloat16
+    y16.float().square().mean().backward()
+    torch.testing.assert_close(y16.float(), y32, atol=0.05, rtol=0.05)
+    torch.testing.assert_close(layer.weight.grad, grad32, atol=0.02, rtol=0.05)
+
+
+def test_init_default_is_the_former_draw_bit_for_bit():
+    # before the init option: U(+-1/sqrt(m)) for the weight, then the bias, from the global generator
+    m, n, k = 300, 7, 5
+    torch.manual_seed(3)
+    weight = torch.empty(m, n).uniform_(-1 / math.sqrt(m), 1 / math.sqrt(m))
+    bias = torch.empty(k * n).uniform_(-1 / math.sqrt(m), 1 / math.sqrt(m))
+    for init in ("hidden_fan_in", "wide_fan_in"):  # the wide layer's fan-in is m too: the same draw
+        torch.manual_seed(3)
+        layer = RPPLinear(m, n, k, init=init)
+        assert torch.equal(layer.weight.detach(), weight) and torch.equal(layer.bias.detach(), bias), init
+    torch.manual_seed(3)
+    assert torch.equal(RPPLinear(m, n, k).weight.detach(), weight)  # and the default is hidden_fan_in
+
+
+def torch_bounds(m: int, out: int) -> tuple[float, float, float]:
+    """nn.Linear(m, out)'s weight and bias bounds and Glorot's, by torch's own fan rule and gains."""
+    fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(torch.empty(out, m, device="meta"))
+    kaiming = nn.init.calculate_gain("leaky_relu", math.sqrt(5)) * math.sqrt(3 / fan_in)
+    return kaiming, 1 / math.sqrt(fan_in), math.sqrt(6 / (fan_in + fan_out))
+
+
+@pytest.mark.parametrize("init", INITS)
+@pytest.mark.parametrize("m, n, k", [(784, 10, 100), (1000, 10, 100), (30, 20, 3)])
+def test_each_init_draws_uniformly_within_its_bound(init, m, n, k):
+    kaiming_hidden, bias_bound, glorot_hidden = torch_bounds(m, n)
+    kaiming_wide, wide_bias_bound, glorot_wide = torch_bounds(m, k * n)
+    assert kaiming_hidden == pytest.approx(kaiming_wide) == pytest.approx(bias_bound) == wide_bias_bound
+    bound = {"hidden_fan_in": kaiming_hidden, "wide_fan_in": kaiming_wide, "glorot_hidden": glorot_hidden,
+             "glorot_wide": glorot_wide}[init]
+    torch.manual_seed(0)
+    layer = RPPLinear(m, n, k, init=init, permutation="identity")
+    got_bound, got_bias_bound = layer.init_bounds()
+    assert got_bound == pytest.approx(bound, rel=1e-12) and got_bias_bound == pytest.approx(bias_bound, rel=1e-12)
+    weight, bias = layer.weight.detach().double(), layer.bias.detach().double()
+    assert weight.abs().max() <= bound and weight.abs().max() > 0.97 * bound  # fills its interval
+    # uniform: mean 0 and variance bound^2 / 3, to 6 standard errors
+    count = weight.numel()
+    assert abs(weight.mean().item()) < 6 * bound / math.sqrt(3 * count)
+    assert weight.var().item() == pytest.approx(bound**2 / 3, rel=6 * math.sqrt(0.8 / count))
+    assert bias.abs().max() <= bias_bound and bias.abs().max() > 0.9 * bias_bound
+    if init != INITS[0]:
+        assert f"init='{init}'" in repr(layer)
+
+
+def test_the_inits_differ_where_their_bounds_do():
+    bounds = {init: RPPLinear(784, 10, 100, init=init, permutation="identity").init_bounds()[0] for init in INITS}
+    assert bounds["hidden_fan_in"] == bounds["wide_fan_in"] == 1 / math.sqrt(784)
+    assert bounds["glorot_hidden"] == pytest.approx(math.sqrt(6 / 794))  # 2.4 times the default
+    assert bounds["glorot_wide"] == pytest.approx(math.sqrt(6 / 1784))  # 1.6 times the default
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [({"signs": 1}, "signs"), ({"signs": "true"}, "signs"), ({"signs": None}, "signs"), ({"init": "xavier"}, "init"),
+     ({"init": None}, "init")],
+)
+def test_bad_signs_and_init_raise_value_error_naming_them(kwargs, name):
+    with pytest.raises(ValueError, match=rf"^{name}=.* is invalid; allowed: "):
+        RPPLinear(4, 3, 2, **kwargs)
+    with pytest.raises(ValueError, match="allowed: 'hidden_fan_in', 'wide_fan_in', 'glorot_hidden', 'glorot_wide'"):
+        RPPLinear(4, 3, 2, init="glorot")

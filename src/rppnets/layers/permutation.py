@@ -33,8 +33,9 @@ Signs (signed RPP): s[h, i, j] = +-1 for the entry of W_p at row i of column c =
 generated layer needs nothing beyond its round keys and a stored one k*n int32 keys (32/m bits per entry of W_p).
 The hash is lowbias32's first four steps (x ^= x >> 16, x *= 0x7feb352d, x ^= x >> 15, x *= 0x846ca68b on
 x = i ^ key, in uint32); the sign is its top bit (lowbias32's last step, x ^= x >> 16, cannot change that bit):
-negative where it is 1. Over 4,000 columns at m = 784 the signs are balanced and uncorrelated with their row,
-their neighbours in i and in c, and P(i)'s parity (|z| < 1.3; tests/test_permutation_statistics.py).
+negative where it is 1. Against fair coins, over 20,000 columns at m = 33 and 4,000 at m = 784 (seed 0, layer 0),
+the signs are balanced overall and per column and uncorrelated with their row, their neighbours in i and in c, and
+P(i) (every |z| below 2; tests/test_permutation_statistics.py).
 """
 
 import weakref

@@ -1,11 +1,12 @@
 """A run's console: the known, harmless messages of the libraries silenced, each matched by its own text.
 
-A run prints where its data came from, a progress bar and its closing summary; a warning should mean a real
-problem. Each entry below says why its message is harmless here. Anything not listed still prints.
+A run prints where its data came from, a progress bar, its resume line and its closing summary; a warning should
+mean a real problem. Each entry below says why its message is harmless here. Anything not listed still prints.
 """
 
 import logging
 import os
+import sys
 import warnings
 
 # Kineto (torch.profiler, which the memory meter runs for a few steps) prints "USDT: profiler_start/stop" at its
@@ -19,6 +20,10 @@ WARNINGS = (
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
     # Quick runs have fewer batches than log_every_n_steps: their per-step rows are skipped, epoch rows are kept.
     (r"The number of training batches \(\d+\) is smaller than the logging interval", UserWarning),
+    # Lightning's hint for SLURM jobs started without srun. Runs choose their cluster environment themselves
+    # (cluster_plugins: SLURM's only for a job of several tasks, which srun starts), and Lightning still looks for
+    # srun again on every fit and test without a checkpoint path.
+    (r"The `srun` command is available on your system but is not used", UserWarning),
 )
 
 # (logger name, start of the message): lines logged through Python's logging.
@@ -26,6 +31,14 @@ LOG_LINES = (
     # Lightning advertises a logging service of its own when a Trainer starts.
     ("pytorch_lightning.utilities.rank_zero", "💡 Tip: For seamless cloud logging"),
     ("lightning_fabric.utilities.rank_zero", "💡 Tip: For seamless cloud logging"),
+    # Which accelerators exist, on every Trainer: the run uses the one its trainer config names.
+    ("pytorch_lightning.utilities.rank_zero", "GPU available: "),
+    ("pytorch_lightning.utilities.rank_zero", "TPU available: "),
+    # The end of training as planned (the progress bar shows the last epoch); "No training batches" still prints.
+    ("pytorch_lightning.utilities.rank_zero", "`Trainer.fit` stopped: `max_"),
+    # A resumed run prints its own line (epoch, step and checkpoint) before Lightning restores it.
+    ("pytorch_lightning.utilities.rank_zero", "Restoring states from the checkpoint path at "),
+    ("pytorch_lightning.utilities.rank_zero", "Restored all states from the checkpoint at "),
     # The C++ kernels are CPU code; a CUDA toolkit without a GPU does not matter to them.
     ("torch.utils.cpp_extension", "No CUDA runtime is found"),
 )
@@ -44,10 +57,68 @@ _FILTERS = {name: _DropMessages(tuple(start for logger, start in LOG_LINES if lo
             for name, _ in LOG_LINES}
 
 
+def _install_log_filter(name: str) -> None:
+    logging.getLogger(name).addFilter(_FILTERS[name])  # addFilter adds a filter once
+
+
+# On a machine with a CUDA toolkit and no GPU, torch.utils.cpp_extension logs "No CUDA runtime is found" when it is
+# first imported, which the CPU kernels do wherever the layers are used (a library user's script too): the filter is
+# in place as soon as this module is imported, and rppnets.layers.cpu_kernels imports it.
+_install_log_filter("torch.utils.cpp_extension")
+
+
+def import_cpp_extension():
+    """torch.utils.cpp_extension, imported with its known line filtered (see above)."""
+    _install_log_filter("torch.utils.cpp_extension")
+    from torch.utils import cpp_extension
+
+    return cpp_extension
+
+
+_allocator_notice_spent = False
+
+
+def spend_allocator_notice() -> bool:
+    """Spends c10's once-in-1000 notice about freed blocks of unknown size on a block of our own, unseen.
+
+    The memory meter (rppnets.analysis.memory) runs torch.profiler with profile_memory for a few steps. A block
+    allocated before it started and freed while it runs (the previous step's gradients, in its warm-up step) is one
+    the allocator cannot size, and c10 writes "Memory block of unknown size was allocated before the profiling
+    started" to stderr from C++, past any Python filter: for the first such block of the process and for every
+    1000th after it. Its counter is spent here once per process: one block freed under a profiler of a moment, with
+    the process's stderr sent to /dev/null for those few lines only (nothing else runs then). A run frees a few
+    dozen such blocks, the memory analysis a few hundred; a process that frees 999 more sees the line again.
+    c10's flag that sizes every block instead (caffe2_report_cpu_memory_usage) costs about 3 us per allocation, a
+    few percent of a small network's step. Returns whether the notice was spent (False after the first call).
+    """
+    global _allocator_notice_spent
+    if _allocator_notice_spent:
+        return False
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    os.environ.setdefault("KINETO_LOG_LEVEL", KINETO_LOG_LEVEL)  # read when the first profiler starts
+    block = torch.empty(16)  # allocated before the profiler starts
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True):
+            del block
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+    _allocator_notice_spent = True
+    return True
+
+
 def silence_known_noise() -> None:
     """Install the filters above; idempotent, so each job of a multirun (or a launcher's worker) may call it."""
     os.environ.setdefault("KINETO_LOG_LEVEL", KINETO_LOG_LEVEL)  # a level set by the user wins
     for message, category in WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
-    for name, drop in _FILTERS.items():
-        logging.getLogger(name).addFilter(drop)
+    for name in _FILTERS:
+        _install_log_filter(name)
+    spend_allocator_notice()

@@ -1,4 +1,4 @@
-"""The C++ CPU kernels of RPP layers (csrc/cpu_kernels.cpp), built once per source, torch and Python, and loaded once.
+"""The C++ CPU kernels of RPP layers (csrc/cpu_kernels.cpp), built once per source and environment, and loaded once.
 
 The kernels: P generated from the round keys (each column's Feistel domain in a small vectorised
 table, then cycle walking), W_p gathered and dW folded reading P as stored (uint8, int16 or int32),
@@ -7,41 +7,55 @@ reference in rppnets.layers.backends; the fused step's products equal its within
 summed by blocks). The tests compare them.
 
 The first `kernel()` compiles them with torch.utils.cpp_extension (about 30 s; `make setup` does it
-once) into a build folder named by a hash of the source, the compiler flags, the torch version and
-the Python version, under TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions), compiled from
-a copy of the source kept in that folder: checkouts with the same source share one build (the
-build file names the copy, not a checkout's path, so they do not rebuild each other), and a changed
-source or environment gets its own. Where the build fails (no C++ compiler), one warning is given and the eager
-reference is used, with the same results. RPPNETS_CPU_KERNELS=0 skips the kernels.
+once) into a build folder under TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions), compiled from
+a copy of the source kept in that folder. The folder is named by a hash of everything the generated
+build.ninja holds: the source, the compiler flags, the compiler, and the paths of the torch install and
+the Python it compiles against (torch's include and library folders, Python's include folder), with the
+torch and Python versions. Checkouts that share one environment share one build (the build file names
+the copy, not a checkout's path); two environments with their own torch (two venvs, a conda env) get
+two builds side by side instead of rewriting one build file with their own paths and rebuilding each
+other's. Where the build fails (no C++ compiler), one warning is given and the eager reference is
+used, with the same results. RPPNETS_CPU_KERNELS=0 skips the kernels.
 """
 
 import functools
 import hashlib
 import os
 import sys
+import sysconfig
 import warnings
 from pathlib import Path
 
 import torch
+
+from rppnets.console import import_cpp_extension
 
 SOURCE = Path(__file__).parent / "csrc" / "cpu_kernels.cpp"
 CFLAGS = ("-O3", "-fopenmp")
 LDFLAGS = ("-fopenmp",)  # tuples: load() appends its own flags to the lists it is given
 
 
+def build_environment() -> tuple[str, ...]:
+    """What the generated build.ninja names besides the source and flags: the C++ compiler, torch's include and
+    library folders and Python's include folder, as torch.utils.cpp_extension writes them (its absolute paths)."""
+    cpp_extension = import_cpp_extension()
+    python_include = sysconfig.get_path("include", scheme="nt" if sys.platform == "win32" else "posix_prefix")
+    return (cpp_extension.get_cxx_compiler(), *cpp_extension.include_paths(), *cpp_extension.library_paths(),
+            python_include or "")
+
+
 def build_key() -> str:
-    """16 hex digits naming this build: the source, the flags, the torch and the Python it is built for."""
+    """16 hex digits naming this build: the source, the flags, the environment it is built in (build_environment),
+    the torch and the Python versions."""
     digest = hashlib.sha256(SOURCE.read_bytes())
-    for part in (*CFLAGS, *LDFLAGS, torch.__version__, sys.version, sys.platform):
+    for part in (*CFLAGS, *LDFLAGS, *build_environment(), torch.__version__, sys.version, sys.platform):
         digest.update(b"\0" + part.encode())
     return digest.hexdigest()[:16]
 
 
 def build_directory() -> Path:
     """The build folder of this source and environment (created if missing)."""
-    from torch.utils.cpp_extension import get_default_build_root
-
-    root = os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or import_cpp_extension().get_default_build_root()
     folder = Path(root) / f"rppnets_cpu_kernels_{build_key()}"
     folder.mkdir(parents=True, exist_ok=True)
     return folder

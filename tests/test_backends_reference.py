@@ -112,7 +112,8 @@ def test_rppnets_cpu_kernels_0_switches_the_kernels_off(monkeypatch):
     assert cpu_kernels.kernel.__wrapped__() is None  # the uncached function: the process's build stays cached
 
 
-SIGNED_SHAPES = [(1, 1, 1), (5, 3, 2), (33, 4, 3), (300, 2, 2)]  # m = 300: an int16 index, a walked 512-value domain
+SIGNED_SHAPES = [(1, 1, 1), (5, 3, 2), (33, 4, 3), (300, 2, 2), (7, 10, 8)]  # m = 300: an int16 index, a walked
+# 512-value domain; k * n = 80: two blocks of the fused step, the second with its own signs
 
 
 @pytest.mark.parametrize("backend", BACKENDS, ids=lambda backend: backend or "default")

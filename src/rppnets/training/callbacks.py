@@ -189,3 +189,13 @@ class ProgressBar(RichProgressBar):
         metrics = super().get_metrics(trainer, pl_module)
         metrics.pop("v_num", None)  # the logger's version (the W&B run id): the closing summary names the run
         return metrics
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        # Lightning's bar counts epochs from 0 and shows the last epoch's index as the total ("Epoch 1/1" for a
+        # 2-epoch run); people count from 1 to max_epochs ("Epoch 2/2").
+        description = f"Epoch {current_epoch + 1}"
+        if self.trainer.max_epochs is not None and self.trainer.max_epochs >= 0:  # -1: no limit
+            description += f"/{self.trainer.max_epochs}"
+        if len(self.validation_description) > len(description):  # as Lightning: no flicker between the two bars
+            description = f"{description:{len(self.validation_description)}}"
+        return description

@@ -1,4 +1,5 @@
-"""Training-step time and memory of RPPLinear against an nn.Linear of the same output width, eager and compiled."""
+"""Training-step time and memory of RPPLinear (unsigned and signed) against an nn.Linear of the same output width,
+eager and compiled."""
 
 import argparse
 import statistics
@@ -40,13 +41,19 @@ def measured_backends(device: torch.device, table: dict = BACKENDS) -> tuple[str
     return table.get(device.type, ()) if default_backend(device) != "eager" else ("eager",)
 
 
-def rpp_layers(m: int, n: int, k: int, device: torch.device) -> dict[str, nn.Module]:
-    """An RPPLinear per permutation mode and backend, named "mode/backend"."""
+SIGNED = "+signs"  # the name's suffix of a signed RPP layer (signs=True), timed beside its unsigned twin
+
+
+def rpp_layers(m: int, n: int, k: int, device: torch.device, signs: bool = True) -> dict[str, nn.Module]:
+    """An RPPLinear per permutation mode and backend, named "mode/backend", and with `signs` its signed twin
+    "mode/backend+signs" (the same P, each entry of W_p with its sign)."""
     layers = {}
     for permutation in PERMUTATIONS:
         for backend in measured_backends(device):
-            layers[f"{permutation}/{backend}"] = RPPLinear(m, n, k, permutation=permutation, device=device)
-            layers[f"{permutation}/{backend}"].backend = backend
+            for signed in (False, True) if signs else (False,):
+                name = f"{permutation}/{backend}" + (SIGNED if signed else "")
+                layers[name] = RPPLinear(m, n, k, permutation=permutation, device=device, signs=signed)
+                layers[name].backend = backend
     return layers
 
 
@@ -148,6 +155,7 @@ def main():
     parser.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads); default: torch's")
     parser.add_argument("--shapes", nargs="+", help="m,n,k of each layer shape (default: " +
                         " ".join(",".join(map(str, shape)) for shape in SHAPES) + ")")
+    parser.add_argument("--no-signs", action="store_true", help="skip the signed RPP layers")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -159,24 +167,25 @@ def main():
     compiled_what = f"mode {args.compile_mode}" + (", the Adam step too" if args.compile_optimizer else "")
     print(f"RPP backends: {', '.join(BACKENDS.get(device.type, ('eager',)))} (the first is the default, "
           f"{default_backend(device)!r} here). time: RPP / dense, median of paired blocks; compiled: both through "
-          f"torch.compile ({compiled_what}); peak: the step's peak bytes above its start (profiler), with the loss "
+          f"torch.compile ({compiled_what}); '{SIGNED}': signed RPP, with 'signed': its step time / its unsigned "
+          "twin's, paired the same way; peak: the step's peak bytes above its start (profiler), with the loss "
           "y.square().mean() and, 'sum', y.sum() (whose backward allocates nothing)")
-    times_header = (f"{'m':>5} {'n':>3} {'k':>4} {'layer':>22} | {'dense ms':>8} {'ms':>6} {'time':>5} | compiled: "
-                    f"{'dense ms':>8} {'ms':>6} {'time':>5}")
-    memory_header = (f"{'m':>5} {'n':>3} {'k':>4} {'layer':>22} | {'peak':>5} {'sum':>5} {'persist':>7} {'saved':>5} | "
+    times_header = (f"{'m':>5} {'n':>3} {'k':>4} {'layer':>28} | {'dense ms':>8} {'ms':>6} {'time':>5} {'signed':>6} | "
+                    f"compiled: {'dense ms':>8} {'ms':>6} {'time':>5} {'signed':>6}")
+    memory_header = (f"{'m':>5} {'n':>3} {'k':>4} {'layer':>28} | {'peak':>5} {'sum':>5} {'persist':>7} {'saved':>5} | "
                      f"{'peak MB':>7} {'sum MB':>6} | {'dense MB':>8} {'MB':>6} {'saved kB':>8}")
     rows = {"times": [], "memory": []}
     for m, n, k in shapes:
         x = torch.randn(BATCH, m, device=device)  # no grad: a first layer
         layers = {"dense": nn.Linear(m, k * n, device=device)}
-        layers.update(rpp_layers(m, n, k, device))
+        layers.update(rpp_layers(m, n, k, device, signs=not args.no_signs))
         layers.update(budget_matched_layers(m, n, k, device))
         steps = {name: make_step(layer, x) for name, layer in layers.items()}
         compiled_backends = measured_backends(device, COMPILED_BACKENDS)
         compiled = {} if args.no_compile else {
             name: make_step(layer, x, compile_mode=args.compile_mode, compile_optimizer=args.compile_optimizer)
             for name, layer in layers.items()
-            if name == "dense" or name in BUDGET_MATCHED or name.split("/")[-1] in compiled_backends
+            if name == "dense" or name in BUDGET_MATCHED or name.split("/")[-1].removesuffix(SIGNED) in compiled_backends
         }  # fmt: skip
         sum_steps = {name: make_step(layer, x, loss=lambda y: y.sum()) for name, layer in layers.items()}
         for step, _ in (*steps.values(), *compiled.values(), *sum_steps.values()):  # warm up, compile, Adam state
@@ -207,15 +216,21 @@ def main():
             paired = statistics.median(r / d for r, d in zip(times[name], times[reference]))
             return statistics.median(times[reference]), statistics.median(times[name]), paired
 
+        def signed_ratio(name: str) -> str:
+            # a signed layer against its unsigned twin, from the same interleaved blocks
+            return f" {ratio(name, name.removesuffix(SIGNED))[2]:>6.2f}" if name.endswith(SIGNED) else " " * 7
+
         for name in layers:
             if name == "dense":
                 continue
-            line = f"{m:>5} {n:>3} {k:>4} {name:>22} | " + "{:>8.2f} {:>6.2f} {:>5.2f}".format(*ratio(name, "dense"))
+            line = f"{m:>5} {n:>3} {k:>4} {name:>28} | " + "{:>8.2f} {:>6.2f} {:>5.2f}".format(*ratio(name, "dense"))
+            line += signed_ratio(name)
             if f"compiled {name}" in times:
                 line += " |           {:>8.2f} {:>6.2f} {:>5.2f}".format(*ratio(f"compiled {name}", "compiled dense"))
+                line += signed_ratio(f"compiled {name}")
             rows["times"].append(line)
             rows["memory"].append(
-                f"{m:>5} {n:>3} {k:>4} {name:>22} | {peak[name] / peak['dense']:>5.2f} "
+                f"{m:>5} {n:>3} {k:>4} {name:>28} | {peak[name] / peak['dense']:>5.2f} "
                 f"{peak_sum[name] / peak_sum['dense']:>5.2f} {memory[name] / memory['dense']:>7.3f} "
                 f"{saved[name] / saved['dense']:>5.2f} | {peak[name] / 1e6:>7.2f} {peak_sum[name] / 1e6:>6.2f} | "
                 f"{memory['dense'] / 1e6:>8.2f} {memory[name] / 1e6:>6.2f} {saved[name] / 1e3:>8.1f}"

@@ -9,6 +9,7 @@ import math
 import os
 import platform
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -38,7 +39,8 @@ COLUMNS = [
     "method", "width", "kind", "permutation", "k", "batch_size", "threads", "status", "note",
     "params_trainable", "parameters", "gradients", "optimizer", "index", "buffers", "state_bytes",
     "step_peak_bytes", "build_peak_bytes", "measured_bytes", "estimate_bytes", "estimate_ratio", "available_bytes",
-    "rss_before_bytes", "max_rss_bytes", "build_s", "first_step_s", "step_s", "timed_steps", "time_budget_s",
+    "rss_before_bytes", "max_rss_bytes", "build_s", "first_step_s", "step_s", "step_cpu_s", "timed_steps",
+    "time_budget_s",
     "wall_s", "loadavg", "commit", "date",
 ]
 STOPS = ("refused", "over_time", "failed")  # statuses that end a method's grid
@@ -97,7 +99,9 @@ def measure_point(method: str, width: int, batch_size: int = BATCH_SIZE, budget_
 
     Construction: its tensor peak (rppnets.analysis.memory.StepPeakMeter around MLP(...)) and time. Time: the
     first step, then up to 3 more timed without the profiler (1 when the first takes over a third of the budget,
-    none when it takes over 4 budgets); `step_s` is their median. Memory: rppnets.analysis.memory.measure_training
+    none when it takes over 4 budgets); `step_s` is their median wall time, `step_cpu_s` the median CPU time of the
+    process (all its threads: on a machine shared with other work, the part of the step that was this process's
+    own). Memory: rppnets.analysis.memory.measure_training
     (state by part after its first step, the step peak of `measured_steps` profiled steps; 1 when over budget).
     """
     import torch
@@ -124,19 +128,19 @@ def measure_point(method: str, width: int, batch_size: int = BATCH_SIZE, budget_
     inputs = torch.rand(batch_size, 784)
     targets = torch.randint(0, 10, (batch_size,))
 
-    def step() -> float:  # Lightning's automatic optimisation, as measure_training runs it
-        began = time.perf_counter()
+    def step() -> tuple[float, float]:  # Lightning's automatic optimisation, as measure_training runs it
+        began, cpu = time.perf_counter(), time.process_time()
         loss = F.cross_entropy(model(inputs), targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        return time.perf_counter() - began
+        return time.perf_counter() - began, time.process_time() - cpu
 
-    row["first_step_s"] = step()
-    timed = [] if row["first_step_s"] > 4 * budget_s else [step() for _ in range(
-        3 if row["first_step_s"] <= budget_s / 3 else 1)]
+    first = step()
+    row["first_step_s"] = first[0]
+    timed = [] if first[0] > 4 * budget_s else [step() for _ in range(3 if first[0] <= budget_s / 3 else 1)]
     row["timed_steps"] = len(timed)
-    row["step_s"] = statistics.median(timed) if timed else row["first_step_s"]
+    row["step_s"], row["step_cpu_s"] = (statistics.median(part) for part in zip(*(timed or [first])))
     over = row["step_s"] > budget_s
     row["status"] = "over_time" if over else "ok"
     if timed:
@@ -354,14 +358,17 @@ def summary_markdown(rows: list[dict]) -> str:
         lines[-1] += f" {stop_reason(found['stop'])} |"
     lines += ["", "Every point (state and peak in MiB, measured = max(construction peak, state + step peak)):", "",
               "| method | width | status | state | step peak | construction peak | measured | estimate | "
-              "estimate / measured | s/step | available |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "estimate / measured | s/step | CPU s/step | load | available |",
+              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     mib = lambda value: "" if value in (None, "") else f"{int(value) / 2**20:,.1f}"  # noqa: E731
     for row in sorted(rows, key=lambda row: (list(METHODS).index(row["method"]), int(row["width"]))):
         step = f"{float(row['step_s']):.3f}" if row.get("step_s") not in (None, "") else ""
+        cpu = f"{float(row['step_cpu_s']):.3f}" if row.get("step_cpu_s") not in (None, "") else ""
         lines.append(f"| {row['method']} | {int(row['width']):,} | {row['status']} | {mib(row.get('state_bytes'))} |"
                      f" {mib(row.get('step_peak_bytes'))} | {mib(row.get('build_peak_bytes'))} |"
                      f" {mib(row.get('measured_bytes'))} | {mib(row['estimate_bytes'])} |"
-                     f" {row.get('estimate_ratio') or ''} | {step} | {mib(row.get('available_bytes'))} |")
+                     f" {row.get('estimate_ratio') or ''} | {step} | {cpu} | {row.get('loadavg', '')} |"
+                     f" {mib(row.get('available_bytes'))} |")
     return "\n".join(lines) + "\n"
 
 
@@ -423,6 +430,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.out is None:
         parser.error("--out is required")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))  # the point's process is ended too
     methods = args.methods.split(",")
     unknown = [method for method in methods if method not in METHODS]
     if unknown:

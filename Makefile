@@ -118,9 +118,9 @@ MUTATE_REPORT := $(foreach f,read_job read_curve loss_band curve_rows final_trai
 	summarize by_network state_counts _mean _present,'rppnets.analysis.report_data.x_$(f)__*')
 MUTATE_DATA := 'rppnets.data.x*InMemoryBatches*' 'rppnets.data.x_load_split__*' \
 	$(foreach f,setup train_dataloader val_dataloader test_dataloader state_dict,'rppnets.data.x*FashionMNISTDataModule*$(f)__*')
-MUTATE_RUN_FOLDER := 'rppnets.training.run_folder.x__is_epoch_row__*' 'rppnets.training.run_folder.x_finite_or_none__*' \
-	$(foreach f,finished_results set_aside truncate_csv write_json read_json,'rppnets.training.run_folder.x*RunFolder*$(f)__*') \
-	$(foreach f,config_hash experiment_hash model_name run_name,'rppnets.training.x_$(f)__*')
+MUTATE_RUN_FOLDER := 'rppnets.training.run_folder.x_finite_or_none__*' 'rppnets.training.run_folder.x_file_digest__*' \
+	$(foreach f,finished_results digests set_aside write_json read_json_or_reason,'rppnets.training.run_folder.x*RunFolder*$(f)__*') \
+	$(foreach f,config_hash experiment_hash model_name run_name,'rppnets.training.pipeline.x_$(f)__*')
 MUTATE_PERMUTATION := $(foreach f,_mix _absorb round_keys feistel_bits round_shape _feistel permuted_rows index_dtype \
 	build_index random_index,'rppnets.layers.permutation.x_$(f)__*')
 MUTATE ?= $(MUTATE_MODELS) $(MUTATE_REPORT) $(MUTATE_DATA) $(MUTATE_RUN_FOLDER) $(MUTATE_PERMUTATION)

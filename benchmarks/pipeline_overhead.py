@@ -21,6 +21,8 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
+
+import rppnets.schemas  # noqa: F401  (registers the config schemas)
 from hydra.utils import instantiate
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,7 +1,9 @@
 """Hydra entry point: `python src/train.py model=rpp model.k=100` trains one network (add -m to sweep)."""
 
 import os
+import shlex
 import shutil
+import signal
 import sys
 import traceback
 from contextlib import contextmanager
@@ -17,6 +19,7 @@ from pytorch_lightning.strategies.launchers import subprocess_script as lightnin
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from rppnets.training.checkpointing import Preempted, requeue_slurm_job
+import rppnets.schemas  # noqa: F401  (registers the config schemas before Hydra composes)
 from rppnets.console import silence_known_noise
 from rppnets.training.run_folder import RESULTS, RunFolder
 from rppnets.training.sweep import job_dirname  # noqa: F401  (registers the job folder name resolver)
@@ -31,6 +34,8 @@ DDP_LAUNCH_ENV = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTE
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    global job_started
+    job_started = True
     silence_known_noise()  # here, not at import: a launcher's worker process runs only this function
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     lightning_ddp_launcher._hydra_subprocess_cmd = ddp_rank_command  # trainer=ddp: ranks 1.. rerun this job
@@ -39,6 +44,8 @@ def main(cfg: DictConfig) -> float | None:
             metrics = train(cfg)
     except Preempted as stop:  # a checkpoint is saved; stop this process (a sweep too), requeue under SLURM
         requeued = rank_zero_only.rank == 0 and requeue_slurm_job()  # one requeue per job, not one per process
+        if rank_zero_only.rank == 0:
+            print(stop_line(stop.signum, Path(cfg.paths.output_dir), multirun), file=sys.stderr, flush=True)
         if multirun and submitit_job() and not requeued:
             return None  # the signal was for this job alone: the sweep's end lists it as unfinished
         sys.exit(128 + stop.signum)  # under submitit: no result yet, so its launcher waits for the requeued job
@@ -62,6 +69,16 @@ def main(cfg: DictConfig) -> float | None:
             return None
         sys.exit(FAILED)
     return metrics.get("val/loss", metrics.get("train/loss"))  # for Hydra sweepers that optimise
+
+
+def stop_line(signum: int, folder: Path, multirun: bool) -> str:
+    """The one line a stopped run prints: which signal, where its checkpoint is, and the command that resumes it."""
+    if multirun:  # the same sweep command: finished jobs are skipped, this one resumes
+        command = shlex.join([Path(sys.executable).name, *sys.argv])
+    else:
+        overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("hydra.run.dir=")]
+        command = shlex.join([Path(sys.executable).name, sys.argv[0], *overrides, f"hydra.run.dir={folder}"])
+    return f"stopped by {signal.Signals(signum).name}; checkpoint in {shlex.quote(str(folder))}; resume: {command}"
 
 
 def submitit_job() -> bool:
@@ -111,5 +128,20 @@ def remove_if_only_hydra_files(folder: Path) -> None:
         shutil.rmtree(folder)
 
 
+def run_main() -> None:
+    """main(), with a config Hydra could not compose (a wrong type, a null, a misspelt key or option) exiting with
+    status 2 like the project's own checks: Hydra prints the key and exits 1 before any job (or folder) exists."""
+    global job_started
+    try:
+        main()
+    except SystemExit as stop:
+        if stop.code == 1 and not job_started:
+            sys.exit(INVALID)
+        raise
+
+
+job_started = False  # set when main() runs: a composed config reached a job
+
+
 if __name__ == "__main__":
-    main()
+    run_main()

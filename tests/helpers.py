@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 
+import rppnets.schemas  # noqa: F401  (registers the config schemas)
+
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
@@ -18,6 +20,22 @@ def write_idx(path: Path, array: np.ndarray) -> None:
     magic = 0x0800 | array.ndim  # 0x08: unsigned byte data
     with gzip.open(path, "wb") as f:
         f.write(struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes())
+
+
+def write_fake_fashion_mnist(root: Path) -> Path:
+    """A data root with FashionMNIST/raw/*.gz holding 256 training and 64 test images of 10 learnable classes."""
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 256), ("t10k", 64)):
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        # Each class lights up its own band of rows, so a network can learn something in one epoch.
+        images = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
+        for i, label in enumerate(labels):
+            images[i, 2 * label : 2 * label + 3] = 255
+        write_idx(raw / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return root
 
 
 def compose_train(overrides=(), output_dir=None, fake_root=None):

@@ -65,7 +65,11 @@ def test_stopped_run_resumes_to_the_same_result(stop, uninterrupted, fake_root, 
     run.send_signal(stop)
     output = run.communicate(timeout=120)[0]
     assert run.returncode in (-stop, 128 + stop), output  # SIGKILL: killed; the others: stopped on purpose
-    assert not (tmp_path / "results.json").exists()
+    if stop == signal.SIGKILL:
+        assert not (tmp_path / "results.json").exists()
+    else:  # stopped, not failed: the job is listed as unfinished and resumes
+        assert json.loads((tmp_path / "results.json").read_text())["status"] == "stopped"
+        assert "resume: " in output and f"hydra.run.dir={tmp_path}" in output
     state = json.loads((tmp_path / "run_state.json").read_text())
 
     rerun = subprocess.run(cli_args(fake_root, tmp_path, *LONG_RUN), cwd=ROOT, capture_output=True, text=True,

@@ -4,7 +4,6 @@ A sweep rerun with `skip_finished=true` must train every job whose config change
 figure shows results of a config nobody asked for.
 """
 
-import csv
 import json
 import math
 import re
@@ -192,45 +191,6 @@ def test_set_aside_moves_the_attempt_and_keeps_the_rest(tmp_path):
     assert not folder.results_path.exists() and (tmp_path / ".hydra" / "config.yaml").is_file()
 
 
-def write_metrics(path, rows):
-    header = ["epoch", "step", "train/loss_step", "train/loss_epoch", "val/loss"]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=header)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def test_resuming_keeps_the_csv_rows_the_checkpoint_holds(tmp_path):
-    folder = RunFolder(tmp_path)
-    assert folder.truncate_csv(1, 10) == 0  # no CSV yet
-    rows = [{"epoch": 0, "step": 4, "train/loss_step": 2.0}, {"epoch": 0, "step": 9, "train/loss_step": 1.5},
-            {"epoch": 0, "step": 9, "val/loss": 1.4}, {"epoch": 0, "step": 9, "train/loss_epoch": 1.6},
-            {"epoch": 1, "step": 14, "train/loss_step": 1.2}, {"epoch": 1, "step": 15, "train/loss_step": 1.1},
-            {"epoch": 1, "step": 19, "train/loss_step": 1.0}, {"epoch": 1, "step": 19, "val/loss": 0.9},
-            {"epoch": "", "step": "", "val/loss": 0.8}]
-    write_metrics(folder.csv_path, rows)
-    # the checkpoint: one epoch done, and step 15 of the second (a mid-epoch save)
-    assert folder.truncate_csv(1, 15) == 4
-    with open(folder.csv_path, newline="") as file:
-        kept = list(csv.DictReader(file))
-    assert [(row["epoch"], row["step"]) for row in kept] == [("0", "4"), ("0", "9"), ("0", "9"), ("0", "9"),
-                                                             ("1", "14")]
-    assert kept[2]["val/loss"] == "1.4" and kept[3]["train/loss_epoch"] == "1.6"  # the finished epoch whole
-    assert list(kept[0]) == ["epoch", "step", "train/loss_step", "train/loss_epoch", "val/loss"]
-
-
-def test_an_epoch_row_at_the_checkpoints_step_is_dropped(tmp_path):
-    # a checkpoint taken at the end of epoch 1's steps, before its epoch-end values were logged
-    folder = RunFolder(tmp_path)
-    write_metrics(folder.csv_path, [{"epoch": 1, "step": 7, "train/loss_step": 1.0},
-                                    {"epoch": 1, "step": 7, "train/loss_epoch": 1.2},
-                                    {"epoch": 2, "step": 3, "train/loss_step": 1.0}])
-    assert folder.truncate_csv(1, 8) == 2
-    with open(folder.csv_path, newline="") as file:
-        assert [row["train/loss_step"] for row in csv.DictReader(file)] == ["1.0"]
-
-
 def test_check_writable_makes_the_folders_and_leaves_no_probe(tmp_path):
     folder = RunFolder(tmp_path / "run")
     folder.check_writable()
@@ -261,9 +221,3 @@ def test_set_aside_folders_are_named_by_date_and_time(tmp_path):
     (tmp_path / "results.json").write_text("{}")
     moved = RunFolder(tmp_path).set_aside("why")
     assert re.fullmatch(r"replaced-\d{8}-\d{6}", moved.name)
-
-
-def test_csv_rows_without_a_step_count_as_step_0(tmp_path):
-    folder = RunFolder(tmp_path)
-    write_metrics(folder.csv_path, [{"epoch": 1, "step": "", "train/loss_step": 1.0}])
-    assert folder.truncate_csv(1, 1) == 0  # before the checkpoint's first step: kept

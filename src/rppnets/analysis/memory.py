@@ -239,6 +239,8 @@ def composed_configs(networks: Iterable[str] | None = None, overrides: Iterable[
     """Network name -> the train config composed with `network=<name>` (default: every conf/network/*.yaml)."""
     from hydra import compose, initialize_config_dir
 
+    import rppnets.schemas  # noqa: F401  (registers the config schemas)
+
     if networks is None:
         networks = [path.stem for path in sorted((Path(conf_dir) / "network").glob("*.yaml"))]
     with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base="1.3"):

@@ -111,7 +111,10 @@ def read_settings(folder: Path) -> dict:
         return {}
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.load(path)
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception:  # a damaged config: the job is still listed, by its results or its folder's name
+        return {}
     settings = {"network": cfg.get("network"), "seed": cfg.get("seed"),
                 "max_epochs": OmegaConf.select(cfg, "trainer.max_epochs"),
                 "train_size": OmegaConf.select(cfg, "data.train_size"),
@@ -126,12 +129,12 @@ def read_job(folder: Path) -> Job:
     """The job of one folder: finished or failed by its results.json (no "status": finished), else unfinished."""
     settings = read_settings(folder)
     results_path = folder / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.is_file() else None
+    results, damaged = _read_results(results_path)
     job = Job(network=(results or {}).get("network") or settings.get("network") or folder.name,
               seed=(results or {}).get("seed", settings.get("seed")), folder=folder, settings=settings)
-    if results is None:
-        left = "last.ckpt kept" if (folder / "checkpoints" / "last.ckpt").is_file() else "no checkpoint"
-        job.state, job.reason = "unfinished", left
+    left = "last.ckpt kept" if (folder / "checkpoints" / "last.ckpt").is_file() else "no checkpoint"
+    if results is None or results.get("status") == "stopped":  # killed, interrupted, stopped by a signal, damaged
+        job.state, job.reason = "unfinished", "; ".join(filter(None, [damaged, (results or {}).get("error"), left]))
         return job
     job.group, job.experiment_hash = results.get("group"), results.get("experiment_hash")
     job.metrics = results.get("metrics") or {}
@@ -139,10 +142,25 @@ def read_job(folder: Path) -> Job:
         job.state, job.reason = "failed", results.get("error") or "no reason recorded"
         return job
     csv_path = folder / results.get("csv", "csv/metrics.csv")
-    if not csv_path.is_file():
-        raise FileNotFoundError(f"{results_path} names the metrics file {csv_path}, which does not exist")
-    job.curve = read_curve(csv_path)
+    try:
+        job.curve = read_curve(csv_path)
+    except (OSError, ValueError, KeyError, csv.Error) as err:
+        job.state, job.reason = "unfinished", f"{csv_path} cannot be read ({type(err).__name__}: {err}); {left}"
+        job.metrics = {}
     return job
+
+
+def _read_results(path: Path) -> tuple[dict | None, str | None]:
+    """results.json's content, or None and why it cannot be used (None, None when there is none)."""
+    try:
+        results = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError) as err:
+        return None, f"{path} is damaged ({type(err).__name__}: {err}); rerun the job to rebuild it"
+    if not isinstance(results, dict):
+        return None, f"{path} is damaged (not a JSON object); rerun the job to rebuild it"
+    return results, None
 
 
 def job_folders(sweep_dir: Path) -> list[Path]:

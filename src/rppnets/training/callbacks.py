@@ -16,15 +16,27 @@ from rppnets.models import count_dense_equivalent, count_trainable
 
 
 class RunMetrics(pl.Callback):
-    """A callback that logs numbers once per run; `train()` collects them from `self.metrics` for results.json."""
+    """A callback that logs numbers once per run; `train()` collects them from `self.metrics` for results.json.
+
+    The numbers travel in every checkpoint: a resumed run has them without measuring or logging them again.
+    """
 
     def __init__(self):
         self.metrics: dict[str, float] = {}
 
     def log_once(self, trainer: pl.Trainer, metrics: dict) -> None:
+        metrics = {key: value for key, value in metrics.items() if key not in self.metrics}
+        if not metrics:
+            return
         self.metrics.update(metrics)
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
+
+    def state_dict(self) -> dict:
+        return {"metrics": dict(self.metrics)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.metrics = dict(state_dict.get("metrics", {}))
 
 
 class ModelStats(RunMetrics):
@@ -95,7 +107,9 @@ class MemoryStats(RunMetrics):
         self.prior_cuda_peak = 0
 
     def on_fit_start(self, trainer, pl_module):
-        self.steps_done, self.meter, self.prior_cuda_peak = 0, None, 0
+        # a resumed run measured what its checkpoint holds already: its steps count as done
+        self.steps_done = 2 + self.measured_steps if "memory/step_peak_bytes" in self.metrics else 0
+        self.meter, self.prior_cuda_peak = None, 0
         if pl_module.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(pl_module.device)
         else:
@@ -112,7 +126,7 @@ class MemoryStats(RunMetrics):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.steps_done += 1
-        if self.steps_done == 1:
+        if self.steps_done == 1 and "memory/state_bytes" not in self.metrics:
             self.log_once(trainer, {"memory/state_bytes": state_bytes(pl_module, trainer.optimizers)})
         elif self.meter is not None and self.steps_done >= 3:
             self.meter.end_step()
@@ -129,7 +143,15 @@ class MemoryStats(RunMetrics):
             meter, self.meter = self.meter, None
             meter.close()
 
+    def on_train_epoch_end(self, trainer, pl_module):
+        # the run's peak, at the end of its last epoch: before the checkpoint of that epoch, which then holds it
+        if trainer.current_epoch + 1 >= (trainer.max_epochs or 0):
+            self._log_run_peak(trainer, pl_module)
+
     def on_train_end(self, trainer, pl_module):
+        self._log_run_peak(trainer, pl_module)  # training stopped early (max_steps, a callback): not logged yet
+
+    def _log_run_peak(self, trainer, pl_module) -> None:
         self._close_meter(trainer)
         if pl_module.device.type == "cuda":
             peak = max(self.prior_cuda_peak, torch.cuda.max_memory_allocated(pl_module.device))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import signal
 import subprocess
@@ -16,10 +17,18 @@ from pytorch_lightning.callbacks import Checkpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from rppnets.checks import check_int
+from rppnets.training.history import RunHistory
 
-# Signals that stop a run with a checkpoint: SLURM sends SIGTERM at a time limit or pre-emption, and SIGUSR1
-# (`--signal=USR1@90`) or submitit's SIGUSR2 some time before the limit.
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+# Every catchable signal whose default is to end the process stops a run the same way: a checkpoint after the
+# current step, then exit 128 + signal. SLURM sends SIGTERM at a time limit or pre-emption, and SIGUSR1
+# (`--signal=USR1@90`) or submitit's SIGUSR2 before the limit; Ctrl-C is SIGINT, a closed terminal SIGHUP.
+STOP_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2,
+                signal.SIGALRM, signal.SIGXCPU)
+PREVIOUS = "previous.ckpt"  # the checkpoint before last.ckpt, kept beside it: a damaged last.ckpt falls back to it
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed from: damaged, not a checkpoint, or another run's. Names the file."""
 
 
 class Preempted(Exception):
@@ -31,8 +40,9 @@ class Preempted(Exception):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes a checkpoint to a temporary file, syncs it, then renames it into place: a kill mid-write leaves the
-    previous checkpoint intact. Loads with ``weights_only=True``: a checkpoint holds tensors and plain values only."""
+    """Writes a checkpoint to a temporary file, syncs it, moves the one it replaces to ``previous.ckpt``, then renames
+    it into place: a kill mid-write leaves a good checkpoint, and a damaged ``last.ckpt`` still has one to fall back
+    on. Loads with ``weights_only=True``: a checkpoint holds tensors and plain values only."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
         path = Path(path)
@@ -42,6 +52,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, file)
             file.flush()
             os.fsync(file.fileno())
+        if path.is_file():
+            os.replace(path, path.with_name(PREVIOUS))
         os.replace(tmp, path)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None):
@@ -58,8 +70,15 @@ class StopSignals:
     def _handle(self, signum, frame) -> None:
         if self.received is None:
             self.received = signum
-            print(f"\nreceived {signal.Signals(signum).name}: saving a checkpoint after this step, then stopping",
-                  flush=True)
+            print(f"\nreceived {signal.Signals(signum).name}: stopping at the next safe point (a checkpoint after "
+                  "this step); send it again to stop at once", flush=True)
+        else:  # asked twice: stop now, from the last checkpoint saved
+            raise Preempted(self.received)
+
+    def check(self) -> None:
+        """A safe point outside training (before fitting, between test batches): stop here if a signal came."""
+        if self.received is not None:
+            raise Preempted(self.received)
 
     def __enter__(self) -> "StopSignals":
         for signum in STOP_SIGNALS:
@@ -80,8 +99,8 @@ class StopSignals:
 class LastCheckpoint(Checkpoint):
     """Saves ``last.ckpt`` at the end of every epoch, every `every_n_train_steps` steps if set, and after the
     training step in which a stop signal reached any process of the run, then raises Preempted on every rank (after
-    an epoch's last step, or during validation, the epoch ends first and the stop follows the next step): a
-    resumed run logs every metric of an uninterrupted one, once.
+    an epoch's last step, or during validation, at the epoch's end instead): a resumed run logs every metric of an
+    uninterrupted one, once. Each checkpoint holds the run's identity and its logged history (RunHistory) up to it.
     Loggers are flushed first, so the CSV on disk covers the checkpoint.
 
     A `Checkpoint` subclass, so Lightning calls its epoch-end hook after the module has logged the epoch's values.
@@ -93,6 +112,7 @@ class LastCheckpoint(Checkpoint):
         self.every_n_train_steps = (None if every_n_train_steps is None
                                     else check_int("every_n_train_steps", every_n_train_steps, 1))
         self.signals: StopSignals | None = None  # set by train() while the run is protected
+        self.identity: dict | None = None  # set by train(): stamped on every checkpoint (config hash, run, W&B id)
         self.fit_metrics: dict[str, float] = {}
 
     def save(self, trainer: pl.Trainer) -> None:
@@ -101,13 +121,28 @@ class LastCheckpoint(Checkpoint):
             logger.save()
         trainer.save_checkpoint(self.path, weights_only=False)  # the full training state, not only weights
 
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        # the run's identity and its logged history up to this point: what resuming checks and rebuilds from
+        history = next((lg for lg in trainer.loggers if isinstance(lg, RunHistory)), None)
+        checkpoint["run"] = {"identity": self.identity,
+                             "history": [dict(row) for row in history.rows] if history is not None else None}
+
     def on_train_start(self, trainer, pl_module):
         if self.signals is not None:
             self.signals.take_over()
+            if signum := self.stop_signal(trainer):  # came while the data or the checkpoint loaded: nothing new to save
+                raise Preempted(signum)
+
+    def on_test_start(self, trainer, pl_module):
+        if self.signals is not None:
+            self.signals.take_over()
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if self.signals is not None:  # testing keeps nothing: a stopped test runs again from the checkpoint
+            self.signals.check()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        # After an epoch's last step come its validation and epoch-end metrics, which a run resumed from here would
-        # never log: a signal then stops after the next epoch's first step.
+        # After an epoch's last step come its validation and epoch end: a signal then stops at the epoch's end.
         if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch and (signum := self.stop_signal(trainer)):
             # what Lightning does right after this hook, done first: this step's metrics reach the loggers
             trainer._logger_connector.on_batch_end()
@@ -118,9 +153,16 @@ class LastCheckpoint(Checkpoint):
             self.save(trainer)
 
     def on_train_epoch_end(self, trainer, pl_module):
-        # Not the place to stop: Lightning logs the epoch's training metrics after this hook, and a resumed run
-        # would never write them.
+        # What Lightning does right after this hook, done first: the epoch's training metrics reach the loggers (and
+        # so the checkpoint's history); Lightning's own pass then finds nothing left to log.
+        connector, epoch_loop = trainer._logger_connector, trainer.fit_loop.epoch_loop
+        connector.on_epoch_end()
+        epoch_loop._batches_that_stepped -= 1  # Lightning logs epoch metrics at the epoch's last step
+        connector.update_train_epoch_metrics()
+        epoch_loop._batches_that_stepped += 1
         self.save(trainer)
+        if signum := self.stop_signal(trainer):
+            raise Preempted(signum)
 
     def stop_signal(self, trainer: pl.Trainer) -> int | None:
         """The stop signal any process of the run received, agreed by all of them (the highest if several): SLURM
@@ -168,12 +210,28 @@ class RandomStates(pl.Callback):
             torch.cuda.set_rng_state_all(state_dict["cuda"])
 
 
-def checkpoint_progress(path: Path) -> dict:
-    """What a checkpoint holds: epochs fully trained, global step, and whether it was saved mid-epoch."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    epoch_progress = checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]
-    return {"epochs_done": epoch_progress["processed"], "global_step": checkpoint["global_step"],
-            "mid_epoch": epoch_progress["started"] > epoch_progress["processed"]}
+def read_checkpoint(path: Path) -> dict:
+    """Load a checkpoint on the CPU, tensors and plain values only; CheckpointError naming the file if it cannot be."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's own text would suggest weights_only=False: never for a file we distrust
+        raise CheckpointError(f"{path} is not a checkpoint of this project (it holds objects other than tensors "
+                              "and plain values)") from None
+    except Exception as err:
+        raise CheckpointError(f"{path} cannot be read ({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else 'no detail'})") from None
+    if not isinstance(checkpoint, dict) or "loops" not in checkpoint or "state_dict" not in checkpoint:
+        raise CheckpointError(f"{path} is not a Lightning checkpoint (no training state in it)")
+    return checkpoint
+
+
+def checkpoint_progress(checkpoint: dict) -> dict:
+    """What a loaded checkpoint holds: epochs fully trained, global step, and whether it was saved mid-epoch."""
+    try:
+        epoch_progress = checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]
+        return {"epochs_done": epoch_progress["processed"], "global_step": checkpoint["global_step"],
+                "mid_epoch": epoch_progress["started"] > epoch_progress["processed"]}
+    except (KeyError, TypeError) as err:
+        raise CheckpointError(f"the checkpoint's training progress is incomplete (missing {err})") from None
 
 
 def requeue_slurm_job() -> bool:

@@ -1,15 +1,13 @@
-"""Loggers for a run: a CSV in the run folder always, and W&B (offline unless asked) that never stops a run."""
+"""Loggers for a run: the CSV history (rppnets.training.history) always, and W&B (offline unless asked) that never stops a run."""
 
-import csv
+import logging
 import os
 import sys
 import warnings
+from contextlib import contextmanager
 
 from hydra.utils import instantiate
-from lightning_fabric.loggers.logger import rank_zero_experiment
 from omegaconf import DictConfig
-from pytorch_lightning.loggers import CSVLogger
-from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 
 # Epoch-level metrics are charted against the epoch, not the global step.
 EPOCH_METRICS = ("train/loss_epoch", "train/acc", "val/*", "time/*")
@@ -75,31 +73,39 @@ def _without_anonymous(logger):
 def finish_wandb(exit_code: int | None = None, preempted: bool = False) -> None:
     """Close this process's W&B run, if any, so the next job of a multirun starts its own.
 
-    A non-zero `exit_code` marks the run failed; `preempted` marks it as stopped to be resumed.
+    A non-zero `exit_code` marks the run failed; `preempted` marks it as stopped to be resumed. W&B failing to
+    finish (a full disk) is said in one line and never replaces the run's own outcome: the CSV is the record.
     """
     wandb = sys.modules.get("wandb")  # never imported: nothing to close (and W&B need not be installed)
     if wandb is not None and wandb.run is not None:
-        if preempted:
-            wandb.run.mark_preempting()
-        wandb.finish(exit_code=exit_code)
+        try:
+            if preempted:
+                wandb.run.mark_preempting()
+            wandb.finish(exit_code=exit_code)
+        except Exception as err:
+            print(f"W&B could not finish its run ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+                  "the run's CSV and results.json are unaffected", file=sys.stderr)
 
 
-class _AppendingWriter(ExperimentWriter):
-    """Lightning's CSV writer, except that an existing metrics.csv is continued (a resumed run), not deleted."""
+@contextmanager
+def library_logging_errors_collapsed(prefixes=("wandb",)):
+    """While open, a library logger (named by `prefixes`) that cannot write its own log file (a full disk) does not
+    print Python's traceback block each time: the failures are counted and said in one line at the end, so the
+    error that ended the run stays visible and last."""
+    original = logging.Handler.handleError
+    failures: list[str] = []
 
-    def _check_log_dir_exists(self) -> None:
-        if os.path.isfile(self.metrics_file_path):
-            with open(self.metrics_file_path, newline="") as file:
-                self.metrics_keys = sorted(csv.DictReader(file).fieldnames or [])
+    def handle_error(handler, record):
+        if record.name.startswith(prefixes):
+            failures.append(str(sys.exc_info()[1]))
+        else:
+            original(handler, record)
 
-
-class ResumableCSVLogger(CSVLogger):
-    """CSVLogger that appends to the run folder's metrics.csv, whose rows past the checkpoint train() has dropped."""
-
-    @property
-    @rank_zero_experiment
-    def experiment(self) -> _AppendingWriter:
-        if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _AppendingWriter(log_dir=self.log_dir)
-        return self._experiment
+    logging.Handler.handleError = handle_error
+    try:
+        yield
+    finally:
+        logging.Handler.handleError = original
+        if failures:
+            print(f"{', '.join(prefixes)} could not write its own log {len(failures)} times ({failures[-1]})",
+                  file=sys.stderr)

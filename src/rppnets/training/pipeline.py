@@ -2,10 +2,12 @@
 
 import gc
 import hashlib
+import inspect
 import json
 import math
 import os
 import signal
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -23,15 +25,17 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch.nn.parallel import DistributedDataParallel
 
-from rppnets.training.checkpointing import AtomicCheckpointIO, LastCheckpoint, Preempted, RandomStates, StopSignals, \
-    checkpoint_progress
+from rppnets.training.checkpointing import AtomicCheckpointIO, LastCheckpoint, Preempted, RandomStates, StopSignals
 from rppnets.training.callbacks import RunMetrics
 from rppnets.checks import check_int
 from rppnets.training.classifier import Classifier
-from rppnets.training.loggers import build_loggers, finish_wandb
+from rppnets.training.loggers import build_loggers, finish_wandb, library_logging_errors_collapsed
 from rppnets.analysis.report_data import sweep_grid
 from rppnets.training.resources import available_memory_bytes, estimate_training_bytes, threads_per_job
-from rppnets.training.run_folder import RESULTS, STATE, FolderNotWritableError, RunFolder
+from rppnets.training.history import RunHistory, replay
+from rppnets.training.resume import ResumePoint, find_resume_point
+from rppnets.training.run_folder import CHECKPOINT, METRICS_CSV, RESULTS, STATE, WANDB, FolderNotWritableError, \
+    RunFolder
 
 
 class ConfigError(ValueError):
@@ -79,8 +83,11 @@ def experiment_hash(cfg: DictConfig) -> str:
 
 
 def model_name(cfg: DictConfig) -> str:
-    """A short name for the model: ``dense-w1000``, ``rpp-w10-k100-nobias``, ``softmax``."""
+    """A short name for the model: ``dense-w1000``, ``rpp-w10-k100-nobias``, ``softmax``; a model of your own is named
+    by its class (``model._target_: mymodels.TinyNet`` gives ``tinynet``)."""
     model = cfg.model
+    if "kind" not in model or "depth" not in model:
+        return str(model.get("_target_", "model")).rsplit(".", 1)[-1].lower()
     if model.depth == 0:
         name = "softmax"
     elif model.kind != "dense":  # rpp, hashed, lowrank: virtual width k * width
@@ -110,6 +117,17 @@ def _build(cfg: DictConfig, key: str, **kwargs):
         raise ConfigError(f"{key}.{err}") from err
 
 
+def data_sizes(model_cfg: DictConfig, datamodule) -> dict:
+    """What the data set tells the model, for each of `in_features` and `num_classes` that the model's class takes
+    and its config does not set: the data module knows them before reading any file."""
+    try:
+        parameters = inspect.signature(get_class(model_cfg._target_)).parameters
+    except Exception:  # not importable: instantiating it names the error
+        return {}
+    return {name: getattr(datamodule, name) for name in ("in_features", "num_classes")
+            if name in parameters and name not in model_cfg and hasattr(datamodule, name)}
+
+
 def check_config(cfg: DictConfig) -> None:
     """Checks that need no object built; each failure names the key, the value and what is allowed."""
     try:
@@ -131,10 +149,15 @@ def check_memory(cfg: DictConfig) -> None:
     model = OmegaConf.to_container(cfg.model, resolve=True)
     if model.get("kind") not in ("dense", "rpp", "hashed", "lowrank"):
         return  # the model's own checks name the bad value
-    needed = estimate_training_bytes(model, cfg.data.get("batch_size", 128))
+    batch_size = cfg.data.get("batch_size", 128)
+    needed = estimate_training_bytes(model, batch_size)
     available = available_memory_bytes()
     if available is not None and needed > available:
+        # name the keys that drive the estimate: the batch when most of it grows with the batch, else the model's
+        batch_part = needed - estimate_training_bytes(model, 1)
         knobs = "model.k / model.width" if model.get("kind") != "dense" else "model.width"
+        if batch_part > needed / 2:
+            knobs = f"data.batch_size (now {batch_size}; most of the estimate grows with it) or {knobs}"
         raise ConfigError(
             f"model (kind={model.get('kind')}, width={model.get('width')}, k={model.get('k', 1)}, "
             f"depth={model.get('depth')}) needs about {needed / 2**30:.1f} GiB to train, but this machine has "
@@ -168,24 +191,32 @@ def configure_threads() -> int | None:
 def train(cfg: DictConfig) -> dict:
     """Train, validate and test one network; return its final metrics. Writes results.json into the run folder.
 
-    Resumes from the run folder's last.ckpt when it holds an unfinished run of the same config (`resume=false`
-    starts afresh, setting the old files aside). Raises ConfigError before anything is written for bad input,
-    Preempted after saving a checkpoint when a stop signal arrives, and re-raises any failure of training after
-    recording it in results.json with ``"status": "failed"``.
+    A finished run of this config is left as it is (`skip_finished=false` trains it again, afresh). An unfinished
+    one resumes from the newest checkpoint in its folder that loads and holds this very run (checked by its config
+    hash and tensor shapes); its CSV and W&B history are rebuilt from that checkpoint. Otherwise, or with
+    `resume=false`, the run starts afresh and the previous attempt's files are set aside, never deleted. Raises
+    ConfigError before anything is written for bad input, Preempted when a signal stopped the run (a checkpoint kept,
+    results.json "stopped"), and re-raises any failure of training after recording it in results.json ("failed").
     """
     check_config(cfg)
     folder = RunFolder(cfg.paths.output_dir)
     config = OmegaConf.to_container(cfg, resolve=True)
     this_hash = run_hash(cfg)
-    if cfg.get("skip_finished") and (results := folder.finished_results(this_hash)):
-        print(f"{results['run_name']}: already finished in {folder.path}, skipping (delete results.json to rerun)")
+    if cfg.get("resume", True) and cfg.get("skip_finished", True) and (results := folder.finished_results(this_hash)):
+        print(f"{results['run_name']}: already finished in {folder.path}; left as it is "
+              "(skip_finished=false trains it again, afresh)")
         return results["metrics"]
+    with StopSignals() as signals, library_logging_errors_collapsed():  # every stop signal ends at a safe point
+        return _build_and_train(cfg, folder, config, this_hash, signals)
+
+
+def _build_and_train(cfg: DictConfig, folder: RunFolder, config: dict, this_hash: str, signals: StopSignals) -> dict:
     # Seed before anything draws a random number: the model's initial weights come next.
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     # Build everything that can reject a value before the run folder is touched.
     datamodule = _build(cfg, "data")
-    module = Classifier(_build(cfg, "model"), optimizer=_build(cfg, "optimizer"))
+    module = Classifier(_build(cfg, "model", **data_sizes(cfg.model, datamodule)), optimizer=_build(cfg, "optimizer"))
     if cfg.get("compile"):  # in place: the checkpoint's state_dict keys stay those of the eager network
         module.net.compile(mode=cfg.compile, fullgraph=True)
     # Under DDP the permutation indices are not broadcast from rank 0: each rank builds the same ones from the seed,
@@ -203,31 +234,53 @@ def train(cfg: DictConfig) -> dict:
             raise ConfigError(str(err)) from err
         folder.lock()
     try:
-        return _train(cfg, folder, config, this_hash, writer, datamodule, module)
+        return _train(cfg, folder, config, this_hash, writer, datamodule, module, signals)
     finally:
         folder.unlock()
 
 
-def _resume_point(cfg: DictConfig, folder: RunFolder, this_hash: str, writer: bool) -> tuple[dict | None, dict]:
-    """(checkpoint progress or None, run state) after deciding between resuming and starting afresh."""
-    state = folder.read_json(STATE) or {}
-    same_config = state.get("config_hash") == this_hash
-    if cfg.get("resume", True) and same_config and folder.checkpoint_path.is_file():
-        return checkpoint_progress(folder.checkpoint_path), state
-    if writer:
-        reason = ("resume=false" if not cfg.get("resume", True) else "no checkpoint yet" if same_config
-                  else "the folder held a run of a different config")
+def _resume_point(cfg: DictConfig, folder: RunFolder, identity: dict, module: Classifier, writer: bool,
+                  uses_wandb: bool) -> ResumePoint | None:
+    """The checkpoint to resume from, or None to start afresh; what it replaces is set aside only after it checked."""
+    finished = folder.finished_results(identity["config_hash"])
+    if not cfg.get("resume", True) or finished:
+        point, refused = None, {}
+        reason = "resume=false" if not cfg.get("resume", True) else "skip_finished=false: a finished run trained again"
+    else:
+        point, refused = find_resume_point([folder.checkpoint_path, folder.previous_checkpoint_path], identity, module)
+        reason = "; ".join(refused.values()) or "no checkpoint yet"
+    for why in refused.values():
+        print(f"{identity['run_name']}: cannot resume: {why}")
+    if not writer:
+        return point
+    if point is None:
         if (moved := folder.set_aside(f"started afresh: {reason}")) is not None:
-            print(f"starting afresh ({reason}); the previous attempt's files are in {moved}")
-    return None, {}
+            print(f"{identity['run_name']}: starting afresh; the previous attempt's files are in {moved}")
+        return None
+    # Rebuilt from the checkpoint: the CSV and (offline) W&B history; an unfinished results.json goes too.
+    names = [METRICS_CSV, RESULTS] + [str(path.relative_to(folder.path)) for path in refused]
+    names += [WANDB] if uses_wandb else []
+    if point.path != folder.checkpoint_path and folder.checkpoint_path in refused:
+        names.remove(str(folder.checkpoint_path.relative_to(folder.path)))
+        names.append(CHECKPOINT)
+    why = f"resumed from {point.path.name}" + (f"; refused: {reason}" if refused else "")
+    folder.set_aside(why, names)
+    return point
 
 
 def _train(cfg: DictConfig, folder: RunFolder, config: dict, this_hash: str, writer: bool,
-           datamodule: pl.LightningDataModule, module: Classifier) -> dict:
-    progress, state = _resume_point(cfg, folder, this_hash, writer)
-    wandb_id = state.get("wandb_id") or uuid.uuid4().hex[:12]
+           datamodule: pl.LightningDataModule, module: Classifier, signals: StopSignals) -> dict:
+    state = folder.read_json(STATE) or {}
+    identity = {"config_hash": this_hash, "run_name": cfg.run_name, "config": _resolved_anywhere(cfg),
+                "wandb_id": state.get("wandb_id") if state.get("config_hash") == this_hash else None}
+    uses_wandb = any(str(c.get("_target_", "")).endswith("WandbLogger") for c in (cfg.get("logger") or {}).values()
+                     if c is not None)
+    point = _resume_point(cfg, folder, identity, module, writer, uses_wandb)
+    if point is not None:
+        identity["wandb_id"] = point.identity.get("wandb_id") or identity["wandb_id"]
+    identity["wandb_id"] = identity["wandb_id"] or uuid.uuid4().hex[:12]
     if writer:
-        folder.write_json(STATE, {"config_hash": this_hash, "run_name": cfg.run_name, "wandb_id": wandb_id})
+        folder.write_json(STATE, {"config_hash": this_hash, "run_name": cfg.run_name, "wandb_id": identity["wandb_id"]})
     if (threads := configure_threads()) is not None:
         print(f"{cfg.run_name}: {threads} threads (jobs of this sweep share the machine)")
     # The previous job of a multirun leaves its trainer, data and model in reference cycles: free them now, so
@@ -235,33 +288,44 @@ def _train(cfg: DictConfig, folder: RunFolder, config: dict, this_hash: str, wri
     gc.collect()
     results = {"status": "failed", "network": cfg.get("network") or model_name(cfg),
                "seed": cfg.seed, "run_name": cfg.run_name, "group": cfg.get("group"), "config_hash": this_hash,
-               "experiment_hash": experiment_hash(cfg), "csv": "csv/metrics.csv",
+               "experiment_hash": experiment_hash(cfg), "csv": METRICS_CSV,
                "torch_threads": torch.get_num_threads(), "metrics": {}}
-    if progress is not None:
-        dropped = folder.truncate_csv(progress["epochs_done"], progress["global_step"]) if writer else 0
+    if point is not None:
+        progress = point.progress
         where = "mid-epoch, " if progress["mid_epoch"] else ""
         print(f"{cfg.run_name}: resuming from epoch {progress['epochs_done']} of {cfg.trainer.max_epochs} "
-              f"({where}step {progress['global_step']}) with {folder.checkpoint_path}"
-              + (f"; {dropped} CSV rows past the checkpoint dropped" if dropped else ""))
-    loggers = build_loggers(cfg.get("logger"), config, wandb_id=wandb_id, resume=progress is not None)
+              f"({where}step {progress['global_step']}) with {point.path}")
+    config["config_hash"] = this_hash  # the W&B run carries the run's identity too
+    loggers = build_loggers(cfg.get("logger"), config, wandb_id=identity["wandb_id"], resume=point is not None)
+    history = next((lg for lg in loggers if isinstance(lg, RunHistory)), None)
+    if history is None:  # every run keeps its history: checkpoints carry it, the CSV is written from it
+        history = RunHistory(folder.path)
+        loggers.append(history)
+    history.identity = {key: identity[key] for key in ("config_hash", "run_name", "wandb_id")}
+    if point is not None and writer:
+        history.restore(point.history)
+        history.save()
+        replay(point.history, [lg for lg in loggers if isinstance(lg, WandbLogger) and _offline(lg)])
     started = time.perf_counter()  # after logging is up: a slow W&B start is not training time
     failure: BaseException | None = None
+    wandb_dir = None
     try:
+        signals.check()
         callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
         callbacks.append(RandomStates())
         last = next((c for c in callbacks if isinstance(c, LastCheckpoint)), None)
+        if last is not None:
+            last.signals, last.identity = signals, identity
         # Without a bar callback (`~callbacks.progress_bar`), no bar: Lightning would otherwise add its own.
-        bar = cfg.trainer.get("enable_progress_bar", any(isinstance(c, ProgressBar) for c in callbacks))
-        trainer = _build(cfg, "trainer", logger=loggers or False, callbacks=callbacks,
+        bar = cfg.trainer.get("enable_progress_bar")
+        bar = any(isinstance(c, ProgressBar) for c in callbacks) if bar is None else bar
+        trainer = _build(cfg, "trainer", logger=loggers, callbacks=callbacks,
                          plugins=[AtomicCheckpointIO()], enable_progress_bar=bar)
-        with StopSignals() as signals:
-            if last is not None:
-                last.signals = signals
-            ckpt_path = folder.checkpoint_path if progress is not None else None
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-            # testing replaces callback_metrics: keep fit's (or, when training had ended, the checkpoint's)
-            metrics = dict(trainer.callback_metrics) or dict(last.fit_metrics if last else {})
-            trainer.test(module, datamodule=datamodule, verbose=False)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=point.path if point else None, weights_only=True)
+        signals.check()
+        # testing replaces callback_metrics: keep fit's (or, when training had ended, the checkpoint's)
+        metrics = dict(trainer.callback_metrics) or dict(last.fit_metrics if last else {})
+        trainer.test(module, datamodule=datamodule, verbose=False)
         metrics.update(trainer.callback_metrics)
         for callback in callbacks:
             if isinstance(callback, RunMetrics):
@@ -270,27 +334,45 @@ def _train(cfg: DictConfig, folder: RunFolder, config: dict, this_hash: str, wri
         metrics["train/loss"] = metrics.get("train/loss_epoch")
         metrics["time/wall_s"] = time.perf_counter() - started
         wandb_dir = next((lg.experiment.dir for lg in loggers if isinstance(lg, WandbLogger)), None)
-        results.update(status="finished", metrics=metrics)
+        history.save()
+        results.update(status="finished", metrics=metrics, files=folder.digests() if writer else {})
     except SIGTERMException as err:
-        # Lightning's own stop on SIGTERM outside a training step (validation, testing), after LastCheckpoint saved:
-        # a stop like ours, not a SystemExit with status 0 and a job recorded as failed
+        # Lightning's own stop on SIGTERM where its handler was in (between stages): a stop like ours
         failure = Preempted(signal.SIGTERM)
         raise failure from err
     except BaseException as err:
         failure = err
         raise
     finally:
-        preempted = isinstance(failure, Preempted)
-        finish_wandb(exit_code=None if failure is None else 1, preempted=preempted)
-        if failure is not None and not preempted and writer:
-            results["error"] = f"{type(failure).__name__}: {failure}".splitlines()[0]
-            folder.write_json(RESULTS, results)  # a failed job: never counted as finished
+        stopped = isinstance(failure, (Preempted, KeyboardInterrupt))
+        finish_wandb(exit_code=None if failure is None else 1, preempted=stopped)
+        if failure is not None and writer:
+            if stopped:
+                signum = getattr(failure, "signum", signal.SIGINT)
+                results.update(status="stopped", signal=signal.Signals(signum).name,
+                               error=f"stopped by {signal.Signals(signum).name}; resumes from the last checkpoint")
+            else:
+                results["error"] = f"{type(failure).__name__}: {failure}".splitlines()[0]
+            _write_quietly(folder, results)  # a failed or stopped job: never counted as finished
     if writer:
         folder.write_json(RESULTS, results)  # last: its presence with status finished marks the job done
         print_summary(results, folder.path, wandb_dir)
     if signals.received is not None:  # finished anyway; still stop the sweep, as asked
         raise Preempted(signals.received)
     return metrics
+
+
+def _offline(logger: WandbLogger) -> bool:
+    """Whether a W&B run writes its history to local files only (replayed on resume; online, the server has it)."""
+    return getattr(logger.experiment.settings, "mode", "offline") in ("offline", "dryrun")
+
+
+def _write_quietly(folder: RunFolder, results: dict) -> None:
+    """Record a failed or stopped run; a folder that cannot be written (a full disk) must not hide why it ended."""
+    try:
+        folder.write_json(RESULTS, results)
+    except OSError as err:
+        print(f"could not record the run's end in {folder.results_path} ({err.strerror or err})", file=sys.stderr)
 
 
 def print_summary(results: dict, output_dir: Path, wandb_dir: str | None) -> None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import csv
 import fcntl
+import hashlib
 import json
 import math
 import os
@@ -14,7 +14,12 @@ from pathlib import Path
 RESULTS = "results.json"
 STATE = "run_state.json"  # config hash and W&B run id, kept across resumes
 CHECKPOINT = "checkpoints/last.ckpt"
+PREVIOUS_CHECKPOINT = "checkpoints/previous.ckpt"  # the one before last.ckpt (checkpointing.AtomicCheckpointIO)
 METRICS_CSV = "csv/metrics.csv"
+CSV_IDENTITY = "csv/run.json"
+WANDB = "wandb"
+# Everything an attempt writes; a run started afresh sets all of it aside.
+RUN_FILES = (CHECKPOINT, PREVIOUS_CHECKPOINT, METRICS_CSV, CSV_IDENTITY, RESULTS, STATE, WANDB)
 
 
 class FolderBusyError(RuntimeError):
@@ -39,6 +44,10 @@ class RunFolder:
     @property
     def checkpoint_path(self) -> Path:
         return self.path / CHECKPOINT
+
+    @property
+    def previous_checkpoint_path(self) -> Path:
+        return self.path / PREVIOUS_CHECKPOINT
 
     @property
     def csv_path(self) -> Path:
@@ -83,11 +92,21 @@ class RunFolder:
             self._lock_file = None
 
     def read_json(self, name: str) -> dict | None:
+        """The file's JSON object, or None if it is missing, unreadable or damaged (read_json_or_reason says which)."""
+        return self.read_json_or_reason(name)[0]
+
+    def read_json_or_reason(self, name: str) -> tuple[dict | None, str | None]:
+        """(content, None), or (None, why not): None, None when the file does not exist."""
         path = self.path / name
         try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError):
-            return None
+            content = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None, None
+        except (OSError, ValueError) as err:
+            return None, f"{path} is damaged ({type(err).__name__}: {err})"
+        if not isinstance(content, dict):
+            return None, f"{path} is damaged (not a JSON object)"
+        return content, None
 
     def write_json(self, name: str, content: dict) -> None:
         """Strict JSON (non-finite numbers become null), written to a temporary file and renamed into place."""
@@ -97,55 +116,53 @@ class RunFolder:
         os.replace(tmp, path)
 
     def finished_results(self, config_hash: str) -> dict | None:
-        """results.json if it records a finished job of this very config, else None."""
-        results = self.read_json(RESULTS)
-        if results and results.get("status", "finished") == "finished" and results.get("config_hash") == config_hash:
-            return results
-        return None
+        """results.json if it records a finished job of this very config whose files are as it left them, else None.
 
-    def set_aside(self, reason: str) -> Path | None:
-        """Move the previous attempt's files (checkpoint, CSV, results, state) into replaced-<time>/; nothing is deleted."""
-        names = [CHECKPOINT, METRICS_CSV, RESULTS, STATE]
-        present = [name for name in names if (self.path / name).exists()]
+        results.json vouches for the files it lists (their SHA-1): a metrics CSV or checkpoint changed since (damaged,
+        or another run's copied in) makes the job unfinished again, to be rebuilt from its newest good checkpoint.
+        A checkpoint deleted after the run finished is fine (space is often freed that way); a missing CSV is not.
+        """
+        results = self.read_json(RESULTS)
+        if not (results and results.get("status", "finished") == "finished" and results.get("config_hash") == config_hash):
+            return None
+        for name, digest in (results.get("files") or {}).items():
+            path = self.path / name
+            if not path.is_file() and name.endswith(".ckpt"):
+                continue
+            if not path.is_file() or file_digest(path) != digest:
+                return None
+        return results
+
+    def digests(self, names=(CHECKPOINT, METRICS_CSV)) -> dict[str, str]:
+        """SHA-1 of each of `names` that exists, for results.json to vouch for."""
+        return {name: file_digest(self.path / name) for name in names if (self.path / name).is_file()}
+
+    def set_aside(self, reason: str, names=RUN_FILES) -> Path | None:
+        """Move `names` (paths in the folder; by default every file of an attempt) into replaced-<time>/, with a
+        REASON file; nothing is deleted. Returns that folder, or None if none of them existed."""
+        present = [name for name in names if (self.path / name).exists() or (self.path / name).is_symlink()]
         if not present:
             return None
-        dest = self.path / f"replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+        stamp = time.strftime('%Y%m%d-%H%M%S')
+        dest = self.path / f"replaced-{stamp}"
+        for n in range(1, 1000):  # two set-asides in one second keep both
+            if not dest.exists():
+                break
+            dest = self.path / f"replaced-{stamp}-{n}"
         for name in present:
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             os.replace(self.path / name, dest / name)
         (dest / "REASON").write_text(reason + "\n")
         return dest
 
-    def truncate_csv(self, epochs_done: int, global_step: int) -> int:
-        """Keep the metrics rows of what the checkpoint holds: finished epochs and steps before `global_step`.
 
-        Rows written after the checkpoint (a killed run flushes some) would otherwise appear twice. Returns the
-        number of rows dropped.
-        """
-        if not self.csv_path.is_file():
-            return 0
-        with open(self.csv_path, newline="") as file:
-            reader = csv.DictReader(file)
-            header, rows = reader.fieldnames or [], list(reader)
-        def kept(row: dict) -> bool:
-            epoch = int(float(row["epoch"])) if row.get("epoch") else None
-            step = int(float(row["step"])) if row.get("step") else 0
-            if epoch is not None and epoch < epochs_done:
-                return True
-            return epoch == epochs_done and step < global_step and not _is_epoch_row(row)
-        keep = [row for row in rows if kept(row)]
-        tmp = self.csv_path.with_suffix(".tmp")
-        with open(tmp, "w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=header)
-            writer.writeheader()
-            writer.writerows(keep)
-        os.replace(tmp, self.csv_path)
-        return len(rows) - len(keep)
-
-
-def _is_epoch_row(row: dict) -> bool:
-    """A row of epoch-end values (anything but a step loss): it belongs to a finished epoch only."""
-    return any(value for key, value in row.items() if key not in ("epoch", "step", "train/loss_step"))
+def file_digest(path: Path) -> str:
+    """The SHA-1 of a file's bytes, read in blocks."""
+    digest = hashlib.sha1()
+    with open(path, "rb") as file:
+        while block := file.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def finite_or_none(value):

@@ -35,8 +35,16 @@ def test_slurms_environment_only_for_a_job_of_several_tasks(outside_any_cluster,
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         environment = cluster_environment()
+        SLURMEnvironment._validate_srun_used()  # what Lightning's checkpoint connector runs at each fit and test
     assert type(environment) is (SLURMEnvironment if multi_task else LightningEnvironment)
     assert [str(w.message) for w in caught] == []  # no srun hint: the choice is made, not guessed
+
+
+def test_without_the_choice_lightning_hints_at_srun(outside_any_cluster):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        SLURMEnvironment._validate_srun_used()
+    assert ["srun" in str(w.message) for w in caught] == [True]
 
 
 def test_torchelastic_keeps_its_place_before_slurm(outside_any_cluster):

@@ -14,16 +14,20 @@ import warnings
 # above all of them. Kineto reads it when the profiler first starts in a process.
 KINETO_LOG_LEVEL = "6"
 
+# Lightning's hint, wherever `srun` is installed but the process was not started by it, that a SLURM job of several
+# processes needs srun. Runs choose their cluster environment themselves (rppnets.training.cluster: SLURM's only for
+# a job of several tasks, which srun starts), and Lightning still looks for srun again on every fit and test
+# started without a checkpoint path.
+SRUN_HINT = r"The `srun` command is available on your system but is not used"
+
 # (message regex, category): Python warnings raised by the libraries on every run.
 WARNINGS = (
     # Lightning 2.6's own _pytree helper uses a class that torch 2.14 deprecated; nothing for a user to change.
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
     # Quick runs have fewer batches than log_every_n_steps: their per-step rows are skipped, epoch rows are kept.
     (r"The number of training batches \(\d+\) is smaller than the logging interval", UserWarning),
-    # Lightning's hint for SLURM jobs started without srun. Runs choose their cluster environment themselves
-    # (cluster_plugins: SLURM's only for a job of several tasks, which srun starts), and Lightning still looks for
-    # srun again on every fit and test without a checkpoint path.
-    (r"The `srun` command is available on your system but is not used", UserWarning),
+    # Lightning's hint for SLURM jobs started without srun (see SRUN_HINT).
+    (SRUN_HINT, UserWarning),
 )
 
 # (logger name, start of the message): lines logged through Python's logging.

@@ -7,9 +7,12 @@ workstation, and a machine that merely has `srun` installed is not a cluster job
 """
 
 import os
+import warnings
 
 from lightning_fabric.plugins.environments import (ClusterEnvironment, LightningEnvironment, LSFEnvironment,
                                                    MPIEnvironment, SLURMEnvironment, TorchElasticEnvironment)
+
+from rppnets.console import SRUN_HINT
 
 INTERACTIVE_JOB_NAMES = ("bash", "interactive")  # as Lightning: a shell in an allocation, not a job step of ranks
 
@@ -26,7 +29,12 @@ def slurm_multi_task(environ=os.environ) -> bool:
 def cluster_environment() -> ClusterEnvironment:
     """The cluster environment for the Trainer's `plugins`: Lightning's own order of choice (TorchElastic, SLURM, LSF,
     MPI, else LightningEnvironment) with SLURM taken only for a multi-task job (slurm_multi_task), never guessed from
-    `srun` being installed."""
+    `srun` being installed.
+
+    The choice made, Lightning's srun hint (which it gives again whenever a fit or a test starts without a checkpoint
+    path, outside SLURM) is about a guess no longer made: it is filtered by its text from here on.
+    """
+    warnings.filterwarnings("ignore", message=SRUN_HINT, category=UserWarning)
     if TorchElasticEnvironment.detect():
         return TorchElasticEnvironment()
     if slurm_multi_task():

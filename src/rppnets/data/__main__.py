@@ -8,7 +8,7 @@ from rppnets.data.sources import download_files, find_files
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m rppnets.data", description=__doc__)
     parser.add_argument("--dataset", default="fashion_mnist", choices=sorted(DATASETS),
                         help="which data set (default: fashion_mnist)")
     parser.add_argument("--root", default=None, help="a folder to use instead of data/ and the system folder")

@@ -185,7 +185,8 @@ def main():
         compiled = {} if args.no_compile else {
             name: make_step(layer, x, compile_mode=args.compile_mode, compile_optimizer=args.compile_optimizer)
             for name, layer in layers.items()
-            if name == "dense" or name in BUDGET_MATCHED or name.split("/")[-1].removesuffix(SIGNED) in compiled_backends
+            if name == "dense" or name in BUDGET_MATCHED
+            or name.split("/")[-1].removesuffix(SIGNED) in compiled_backends
         }  # fmt: skip
         sum_steps = {name: make_step(layer, x, loss=lambda y: y.sum()) for name, layer in layers.items()}
         for step, _ in (*steps.values(), *compiled.values(), *sum_steps.values()):  # warm up, compile, Adam state

@@ -165,7 +165,8 @@ def test_signed_gather_and_fold_are_each_others_adjoint_on_every_cpu_backend(kin
     torch.autograd.gradcheck(lambda g: rpp_ops.fold_weight_grad(g, p, k, kind, signs), (grad_wp,), fast_mode=True)
     wp = rpp_ops.permuted_weight(weight, p, k, kind, signs)
     assert not torch.equal(wp, rpp_ops.permuted_weight(weight, p, k, kind))  # the signs are there
-    torch.testing.assert_close((wp * grad_wp).sum(), (weight * rpp_ops.fold_weight_grad(grad_wp, p, k, kind, signs)).sum())
+    folded = rpp_ops.fold_weight_grad(grad_wp, p, k, kind, signs)
+    torch.testing.assert_close((wp * grad_wp).sum(), (weight * folded).sum())  # <W_p(W), G> = <W, fold(G)>
     x = torch.randn(3, M, dtype=torch.float64, requires_grad=True)
     for backend in backends_on("cpu"):
         step = lambda a, w: rpp_ops.permuted_matmul(a, w, p, k, kind, backend, signs)  # noqa: E731

@@ -146,9 +146,9 @@ class RPPLinear(nn.Module):
             keys = round_keys(self.seed, self.layer, k, n).to(device)  # (2, rounds, k*n), tiny
             self.register_buffer("keys", keys, persistent=False)
         if self.signs and self.permutation != "generated":
-            # Signs hashed from k*n keys where the kernels use them, not stored per entry: nothing more per entry
-            # (at most a bit was allowed), one sign path for all modes, and the hash costs a few integer operations
-            # per entry in kernels bound by memory (time measured in experiments/rpp_layer_benchmark/).
+            # Signs hashed from these k*n keys where the kernels use them, not stored per entry: that costs the fused
+            # step 0 to 5%, the most a stored bit per entry could save (experiments/rpp_layer_benchmark/), and
+            # generated P must hash them anyway, so one path serves every mode.
             sign_layer = 0 if self.permutation == "shared" else self.layer  # shared: layer 0's P and signs
             keys = sign_keys(round_keys(self.seed, sign_layer, k, n)).to(device)
             self.register_buffer("sign_keys", keys, persistent=False)

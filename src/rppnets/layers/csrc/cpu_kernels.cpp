@@ -30,8 +30,9 @@ static inline float sign_of(uint32_t i, uint32_t key) {
 
 // The signs of row i in `count` columns (sign keys given), and of rows 0..m-1 in one column. The loops have no
 // branch and no gather, so they vectorise (an AVX2 clone on x86, as feistel_round): filled once per row or column
-// and then multiplied in, they cost a small part of the step where a hash per entry inside the gathering loops,
-// which do not vectorise, took a fifth of it (and a branch on the sign, mispredicted every other entry, doubled it).
+// and then multiplied in, they cost the fused step 0 to 5% (experiments/rpp_layer_benchmark), where a hash per entry
+// inside the gathering loops, which do not vectorise, added a fifth, and a branch on the sign, mispredicted every
+// other entry, three quarters.
 #if defined(__x86_64__) && defined(__GNUC__)
 __attribute__((target_clones("avx2", "default")))
 #endif

@@ -51,6 +51,7 @@ def test_lightnings_routine_lines_are_dropped_and_the_others_kept(caplog):
     with caplog.at_level(logging.INFO):
         for message in routine + kept:
             logger.info(message)
+        logging.getLogger("pytorch_lightning.accelerators.cuda").info("LOCAL_RANK: 0 - CUDA_VISIBLE_DEVICES: [0]")
     assert [r.getMessage() for r in caplog.records] == kept
 
 

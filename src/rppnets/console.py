@@ -38,6 +38,7 @@ LOG_LINES = (
     # Which accelerators exist, on every Trainer: the run uses the one its trainer config names.
     ("pytorch_lightning.utilities.rank_zero", "GPU available: "),
     ("pytorch_lightning.utilities.rank_zero", "TPU available: "),
+    ("pytorch_lightning.accelerators.cuda", "LOCAL_RANK: "),  # "LOCAL_RANK: 0 - CUDA_VISIBLE_DEVICES: [0]"
     # The end of training as planned (the progress bar shows the last epoch); "No training batches" still prints.
     ("pytorch_lightning.utilities.rank_zero", "`Trainer.fit` stopped: `max_"),
     # A resumed run prints its own line (epoch, step and checkpoint) before Lightning restores it.

@@ -19,7 +19,7 @@ from torchvision.datasets import CIFAR10
 from rppnets.data import (DATASETS, FASHION_MNIST, KMNIST, MNIST, SYSTEM_DIR, CorruptDataError, DataNotFoundError,
                           IDXDataModule, TorchvisionDataModule, load_split)
 from rppnets.data.__main__ import main as data_main
-from rppnets.models import MLP
+from rppnets.models import MLP, rpp_trainable
 from rppnets.training.pipeline import ConfigError, train
 
 TRAIN_ROWS, TEST_ROWS = 120, 30
@@ -259,3 +259,14 @@ def test_a_run_on_mnist_trains_and_names_its_data(idx_root, tmp_path, capsys):
     metrics = train(cfg)
     assert metrics["test/acc"] is not None and metrics["model/params_trainable"] > 0
     assert f"Data: {dataset.name} from data.root" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_run_on_cifar10_builds_its_model_for_3072_inputs(cifar_root, tmp_path, capsys):
+    cfg = compose_train(["data=cifar10", f"data.root={cifar_root[0]}", "data.download=false", "data.val_size=20",
+                         "data.batch_size=32", "trainer.max_epochs=1", "trainer.accelerator=cpu",
+                         "~callbacks.progress_bar", "logger=csv", "model=rpp", "model.width=4", "model.k=3"],
+                        output_dir=tmp_path / "run")
+    metrics = train(cfg)
+    assert metrics["model/params_trainable"] == rpp_trainable(3, 4, in_features=3 * 32 * 32, num_classes=10)
+    assert "Data: CIFAR-10 from torchvision.datasets.cifar.CIFAR10" in capsys.readouterr().out

@@ -26,7 +26,7 @@ FRONTIER_SWEEP = outputs/frontier/seeds$(SEEDS)
 FRONTIER30_SWEEP = outputs/frontier30/seeds$(SEEDS)
 CONTROLS_SWEEP = outputs/controls/seeds$(SEEDS)
 
-.PHONY: help setup install-into-py data train test test-fast reproduce reproduce-quick frontier frontier30 controls bench clean clean-outputs
+.PHONY: chaos help setup install-into-py data train test test-fast reproduce reproduce-quick frontier frontier30 controls bench clean clean-outputs
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -109,6 +109,11 @@ clean-outputs:  ## delete every run and sweep in outputs/: make clean-outputs CO
 	@if [ "$(CONFIRM)" != yes ]; then du -sh outputs/* 2>/dev/null; \
 		echo "This deletes all of the above. To go ahead: make clean-outputs CONFIRM=yes"; exit 1; fi
 	rm -rf outputs/*
+
+ROUNDS ?= 100
+SEED ?= 0
+chaos: setup  ## faults at random moments of a small real job (kills, signals, damaged files, a full disk): ROUNDS=500
+	$(PY) tests/chaos.py --rounds $(ROUNDS) --seed $(SEED) --work outputs/chaos
 
 # Mutation testing (experiments/mutation/README.md): mutmut changes one thing at a time in the functions whose
 # results reach a figure or a table, and runs the fast tests that cover it; a mutant that no test notices survives.

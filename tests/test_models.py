@@ -136,11 +136,12 @@ def test_frontier_experiment_composes_every_job_to_the_counted_networks(tmp_path
             cfg = compose_train(["experiment=frontier", f"network={network}", f"model.k={k}", "seed=2"],
                                 output_dir=tmp_path)
             assert (cfg.group, cfg.skip_finished, cfg.model.k, cfg.model.width) == ("frontier", True, k, 10)
-            if network == "rpp":  # no index needed to count: the generated mode has the same parameters
+            if network.startswith("rpp"):  # no index needed to count: the generated mode has the same parameters
                 cfg.model.permutation = "generated"
-            assert count_trainable(instantiate(cfg.model)) == FRONTIER_COUNTS[k][cfg.network]
+            # signs add no parameter: signed RPP counts as RPP
+            assert count_trainable(instantiate(cfg.model)) == FRONTIER_COUNTS[k][cfg.network.removesuffix("_signed")]
             methods.add(cfg.network)
-    assert methods == {"rpp", "dense", "hashed", "lowrank"}
+    assert methods == {"rpp", "rpp_signed", "dense", "hashed", "lowrank"}
 
 
 def test_signs_and_init_reach_every_rpp_layer():

@@ -109,7 +109,7 @@ def test_finished_job_is_not_run_again(tmp_path, fake_root):
     ("model=rpp model.permutation=feistel", "permutation='feistel'"),
     ("data.val_size=-5", "data.val_size=-5 is invalid"),
     ("compile=fast", "compile='fast' is invalid; allowed: null .eager., 'default', 'reduce-overhead', 'max-autotune'"),
-    ("compile=true", "compile=True is invalid"),
+    ("compile=true", "compile='True' is invalid"),
 ])
 def test_bad_values_stop_before_training(override, message, tmp_path, fake_root):
     cfg = compose_train(override.split(), output_dir=tmp_path, fake_root=fake_root)

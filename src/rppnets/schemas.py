@@ -125,6 +125,9 @@ class TrainerSchema:
     limit_val_batches: Any = None
     limit_test_batches: Any = None
     num_sanity_val_steps: Optional[int] = None
+    fast_dev_run: Any = False  # conf/debug/
+    overfit_batches: Any = 0.0
+    profiler: Optional[str] = None
 
 
 SCHEMAS = {"train": TrainSchema, "model/mlp": MLPSchema, "model/rpp": RPPSchema, "model/hashed": HashedSchema,

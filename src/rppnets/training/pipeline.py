@@ -29,6 +29,7 @@ from rppnets.training.checkpointing import AtomicCheckpointIO, LastCheckpoint, P
 from rppnets.training.callbacks import RunMetrics
 from rppnets.checks import check_int
 from rppnets.training.classifier import Classifier
+from rppnets.training.cluster import cluster_environment
 from rppnets.training.loggers import build_loggers, finish_wandb, library_logging_errors_collapsed
 from rppnets.analysis.report_data import sweep_grid
 from rppnets.training.resources import available_memory_bytes, estimate_training_bytes, threads_per_job
@@ -320,7 +321,7 @@ def _train(cfg: DictConfig, folder: RunFolder, config: dict, this_hash: str, wri
         bar = cfg.trainer.get("enable_progress_bar")
         bar = any(isinstance(c, ProgressBar) for c in callbacks) if bar is None else bar
         trainer = _build(cfg, "trainer", logger=loggers, callbacks=callbacks,
-                         plugins=[AtomicCheckpointIO()], enable_progress_bar=bar)
+                         plugins=[AtomicCheckpointIO(), cluster_environment()], enable_progress_bar=bar)
         trainer.fit(module, datamodule=datamodule, ckpt_path=point.path if point else None, weights_only=True)
         signals.check()
         # testing replaces callback_metrics: keep fit's (or, when training had ended, the checkpoint's)

@@ -28,6 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from rppnets.training.checkpointing import AtomicCheckpointIO, LastCheckpoint, Preempted, RandomStates, StopSignals
 from rppnets.training.callbacks import RunMetrics
 from rppnets.checks import check_int
+from rppnets.console import silence_known_noise
 from rppnets.training.classifier import Classifier
 from rppnets.training.cluster import cluster_environment
 from rppnets.training.loggers import build_loggers, finish_wandb, library_logging_errors_collapsed
@@ -48,7 +49,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 
 # Keys that decide where things are, or what the console shows, never what a run computes (the data is checked by
 # MD5 wherever it lies): left out of the config hash along with `paths` and `hydra`.
-NEUTRAL_KEYS = {"data": ("root", "system_dir", "download", "verify_md5"), "callbacks": ("progress_bar",),
+NEUTRAL_KEYS = {"data": ("root", "system_dir", "download", "verify_md5", "name"), "callbacks": ("progress_bar",),
                 "trainer": ("enable_progress_bar",)}
 
 
@@ -199,6 +200,7 @@ def train(cfg: DictConfig) -> dict:
     ConfigError before anything is written for bad input, Preempted when a signal stopped the run (a checkpoint kept,
     results.json "stopped"), and re-raises any failure of training after recording it in results.json ("failed").
     """
+    silence_known_noise()  # library use too, not only src/train.py
     check_config(cfg)
     folder = RunFolder(cfg.paths.output_dir)
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -217,7 +219,8 @@ def _build_and_train(cfg: DictConfig, folder: RunFolder, config: dict, this_hash
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     # Build everything that can reject a value before the run folder is touched.
     datamodule = _build(cfg, "data")
-    module = Classifier(_build(cfg, "model", **data_sizes(cfg.model, datamodule)), optimizer=_build(cfg, "optimizer"))
+    module = Classifier(_build(cfg, "model", **data_sizes(cfg.model, datamodule)), optimizer=_build(cfg, "optimizer"),
+                        num_classes=getattr(datamodule, "num_classes", 10))
     if cfg.get("compile"):  # in place: the checkpoint's state_dict keys stay those of the eager network
         module.net.compile(mode=cfg.compile, fullgraph=True)
     # Under DDP the permutation indices are not broadcast from rank 0: each rank builds the same ones from the seed,

@@ -63,7 +63,8 @@ def main(cfg: DictConfig) -> float | None:
             remove_if_only_hydra_files(Path(cfg.paths.output_dir))
         sys.exit(INVALID)
     except Exception as err:  # the failure is recorded in results.json by train()
-        expected = type(err).__module__.startswith("rppnets")
+        # our own errors and the machine's (a full disk, a lost folder) are one line; a bug gets its traceback
+        expected = type(err).__module__.startswith("rppnets") or (isinstance(err, OSError) and err.errno is not None)
         print(f"Job failed: {err}" if expected else traceback.format_exc(), file=sys.stderr)
         if multirun:
             return None

@@ -158,13 +158,14 @@ class Chaos:
             if present:
                 log.append("damaged: " + damage(folder / rng.choice(present), rng))
 
-    def fill_disk(self, folder: Path, rng: random.Random, log: list) -> None:
+    def fill_disk(self, folder: Path, rng: random.Random, log: list, size_kb: int | None = None
+                  ) -> subprocess.CompletedProcess:
         """Run an attempt on a disk (a tmpfs mounted at the run folder) that fills at a random point; then grow it.
 
         The attempt must end with the full disk named as the last line it prints; the reruns go on, on a larger disk.
         """
         folder.mkdir(parents=True, exist_ok=True)
-        size_kb = rng.randint(64, 4096)
+        size_kb = size_kb or rng.randint(64, 4096)
         subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(folder)], check=True)
         self.mounts.append(folder)
         done = subprocess.run(command(self.fake_root, folder), cwd=ROOT, env=environment(), capture_output=True,
@@ -174,6 +175,25 @@ class Chaos:
         if done.returncode != 0 and "No space left" not in last[0]:
             log.append(f"the full disk is not the last line: {(done.stdout + done.stderr)[-3000:]}")
         subprocess.run(["mount", "-o", "remount,size=256m", str(folder)], check=True)
+        return done
+
+    def finish(self, folder: Path, log: list) -> list[str]:
+        """Rerun until the job finishes; the differences of its records from the reference's, after `log`."""
+        for _ in range(MAX_ATTEMPTS):
+            done = subprocess.run(command(self.fake_root, folder), cwd=ROOT, env=environment(),
+                                  capture_output=True, text=True, timeout=600)
+            if done.returncode == 0:
+                break
+            log.append(f"rerun exit {done.returncode}: {(done.stdout + done.stderr)[-2000:]}")
+        else:
+            return log + ["never finished"]
+        diffs = compare(read_record(folder), self.reference)
+        return log + diffs if diffs else []
+
+    def unmount(self, folder: Path) -> None:
+        if folder in self.mounts:
+            subprocess.run(["umount", str(folder)], check=False)
+            self.mounts.remove(folder)
 
     def round(self, seed: int) -> list[str]:
         """One round: 1-3 faults, then reruns until the job finishes; the differences from the reference, if any."""
@@ -187,20 +207,9 @@ class Chaos:
                     self.fill_disk(folder, rng, log)
                 else:
                     self.attempt(folder, rng, "kill" if kind == "disk" else kind, log)
-            for _ in range(MAX_ATTEMPTS):
-                done = subprocess.run(command(self.fake_root, folder), cwd=ROOT, env=environment(),
-                                      capture_output=True, text=True, timeout=600)
-                if done.returncode == 0:
-                    break
-                log.append(f"rerun exit {done.returncode}: {(done.stdout + done.stderr)[-2000:]}")
-            else:
-                return log + ["never finished"]
-            diffs = compare(read_record(folder), self.reference)
-            return log + diffs if diffs else []
+            return self.finish(folder, log)
         finally:
-            if folder in self.mounts:
-                subprocess.run(["umount", str(folder)], check=False)
-                self.mounts.remove(folder)
+            self.unmount(folder)
 
 
 def can_fill_disk(probe: Path) -> bool:

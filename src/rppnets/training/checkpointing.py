@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import random
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -48,16 +50,31 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as file:
-            torch.save(checkpoint, file)
-            file.flush()
-            os.fsync(file.fileno())
+        try:
+            with open(tmp, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+        except (OSError, RuntimeError) as err:
+            tmp.unlink(missing_ok=True)
+            raise _write_error(path, err) from err
         if path.is_file():
             os.replace(path, path.with_name(PREVIOUS))
         os.replace(tmp, path)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None):
         return super().load_checkpoint(path, map_location=map_location or "cpu", weights_only=True)
+
+
+def _write_error(path: Path, err: Exception) -> OSError:
+    """An OSError that says why a checkpoint could not be written: torch's zip writer reports a full disk as an
+    "unexpected pos" RuntimeError, which hides the cause."""
+    if isinstance(err, OSError) and err.errno is not None:
+        return OSError(err.errno, f"{err.strerror} writing the checkpoint", str(path))
+    free = shutil.disk_usage(path.parent).free
+    if free < (1 << 20):  # what torch's writer needed was not there
+        return OSError(errno.ENOSPC, f"No space left on device writing the checkpoint ({free:,} bytes free)", str(path))
+    return OSError(errno.EIO, f"could not write the checkpoint ({type(err).__name__}: {err})", str(path))
 
 
 class StopSignals:

@@ -57,7 +57,7 @@ def uninterrupted(tmp_path_factory, fake_root) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM, signal.SIGUSR1])
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM, signal.SIGUSR1, signal.SIGINT])
 def test_stopped_run_resumes_to_the_same_result(stop, uninterrupted, fake_root, tmp_path):
     run = start(fake_root, tmp_path, *LONG_RUN)
     wait_for(tmp_path / "checkpoints" / "last.ckpt", run)

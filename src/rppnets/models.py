@@ -13,20 +13,20 @@ BOOLEAN_BIAS = {True: "full", False: "none"}  # also accepted: true/false as old
 class MLP(nn.Sequential):
     """Flatten, `depth` hidden layers with ReLU, dense output layer.
 
-    The hidden width m is ``width``. ``"rpp"``, ``"hashed"`` and ``"lowrank"`` layers are k*m wide and hold the
-    trainable weights of an m-wide RPP layer (fan_in * m), so that the three cost the same budget:
+    ``"rpp"``, ``"hashed"`` and ``"lowrank"`` layers are k * width wide and hold the trainable weights of an RPP
+    layer of that ``width`` (fan_in * width), so that the three cost the same budget:
 
-    - ``"rpp"``: ``RPPLinear(fan_in, m, k)``, a hidden weight (fan_in, m) permuted into k copies;
-    - ``"hashed"``: ``HashedLinear(fan_in, k*m, buckets=fan_in * m)``, the HashedNets layer;
-    - ``"lowrank"``: ``LowRankLinear(fan_in, k*m, rank)`` with the rank from :func:`lowrank_rank`, rounded
+    - ``"rpp"``: ``RPPLinear(fan_in, width, k)``, a hidden weight (fan_in, width) permuted into k copies;
+    - ``"hashed"``: ``HashedLinear(fan_in, k * width, buckets=fan_in * width)``, the HashedNets layer;
+    - ``"lowrank"``: ``LowRankLinear(fan_in, k * width, rank)`` with the rank from :func:`lowrank_rank`, rounded
       down, so its count may fall below the RPP layer's (``model/params_trainable`` logs the actual count);
-    - ``"dense"``: ``nn.Linear(fan_in, m)``, k ignored;
+    - ``"dense"``: ``nn.Linear(fan_in, width)``, k ignored;
     - ``"dense_matched"``: dense layers of the width from :func:`matched_dense_width`: the dense MLP whose
-      trainable count is closest to that of the RPP MLP with this m, k, depth and bias.
+      trainable count is closest to that of the RPP MLP with this width, k, depth and bias.
 
     Args:
         kind: one of ``"dense"``, ``"rpp"``, ``"hashed"``, ``"lowrank"``, ``"dense_matched"``.
-        width: the hidden width m (see above).
+        width: the hidden width (the note's m; see above).
         depth: number of hidden layers; 0 gives multinomial logistic regression.
         bias: biases of the hidden layers: ``"full"`` (one per output) or ``"none"``, for every kind; RPP also
             ``"reuse"`` (see ``RPPLinear``). ``True``/``False`` mean ``"full"``/``"none"``. The output layer always
@@ -38,7 +38,8 @@ class MLP(nn.Sequential):
         init: the RPP hidden weight's initialisation (``RPPLinear``'s ``init``): ``"hidden_fan_in"`` (default),
             ``"wide_fan_in"``, ``"glorot_hidden"`` or ``"glorot_wide"``. RPP only, like ``signs``.
         seed: RPP permutation and hash seed; hidden layer l uses (seed, layer=l).
-        in_features, num_classes: input size (784 for 28x28 images) and number of classes.
+        in_features, num_classes: input size and number of classes, given by the data set in a run (784 and 10
+            for Fashion-MNIST, the defaults).
 
     Example::
 

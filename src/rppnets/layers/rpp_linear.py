@@ -27,24 +27,25 @@ INITS = ("hidden_fan_in", "wide_fan_in", "glorot_hidden", "glorot_wide")  # the 
 class RPPLinear(nn.Module):
     r"""A linear layer k times wider than its parameters: :math:`y = x W_p + b`.
 
-    One hidden weight :math:`W` (m, n) is trained. The layer's weight :math:`W_p` (m, k*n) holds k
-    copies of it, each column of each copy shuffled by its own pseudo-random permutation P:
-    :math:`W_p[i, h n + j] = W[P[h, i, j], j]`. Every entry of W appears exactly k times in W_p,
+    One hidden weight :math:`W` of shape (in_features, width) is trained. The layer's weight
+    :math:`W_p` (in_features, k * width) holds k copies of it, each column of each copy shuffled by
+    its own pseudo-random permutation P:
+    :math:`W_p[i, h \cdot width + j] = W[P[h, i, j], j]`. Every entry of W appears exactly k times in W_p,
     always in its own column. P depends only on ``seed``, ``layer`` and the shape; for the three
     Feistel modes ``permutation`` only chooses how it is held (memory against speed), never which P
     it is. Two controls use other P: ``"identity"`` and ``"random"``. Signed RPP (``signs=True``)
     multiplies every entry by a pseudo-random sign, as HashedNets does:
-    :math:`W_p[i, h n + j] = s[h, i, j] W[P[h, i, j], j]`, s = +-1 hashed from i and the column's
+    :math:`W_p[i, h \cdot width + j] = s[h, i, j] W[P[h, i, j], j]`, s = +-1 hashed from i and the column's
     round keys (rppnets.layers.permutation), so it too depends only on seed, layer and the shape.
 
     Args:
-        in_features: size m of each input sample, at most 2**30.
-        width: number n of hidden weight columns.
+        in_features: size of each input sample (the note's m is `width`, not this), at most 2**30.
+        width: number of hidden weight columns (the note's m).
         k: number of permuted copies; the output has k * width features.
         bias: ``"full"`` learns k * width biases, ``"reuse"`` learns width biases shared by the k
-            copies (output h*n + j gets b[j]), ``"none"`` learns none. Default: ``"full"``.
-        permutation: ``"stored"`` keeps this layer's P in a buffer (m * k * n entries of the
-            smallest integer type); ``"shared"`` uses one P per (m, n, k, seed) for the whole
+            copies (output h * width + j gets b[j]), ``"none"`` learns none. Default: ``"full"``.
+        permutation: ``"stored"`` keeps this layer's P in a buffer (in_features * k * width entries
+            of the smallest integer type); ``"shared"`` uses one P per (in_features, width, k, seed) for the whole
             process, the P of ``layer=0``; ``"generated"`` keeps no index and recomputes it in
             forward and backward. Controls: ``"identity"`` uses P[h, i, j] = i, every copy
             unpermuted (the narrow network repeated k times; no index); ``"random"`` stores truly
@@ -56,21 +57,23 @@ class RPPLinear(nn.Module):
             every mode (layer 0's for ``"shared"``, like its P). No parameters are added; a generated
             layer keeps nothing more, the others k * width int32 sign keys. Default: ``False``.
         init: the hidden weight's uniform bound (see :meth:`init_bounds`): ``"hidden_fan_in"`` (the
-            default) and ``"wide_fan_in"``, nn.Linear's rule for nn.Linear(m, n) and nn.Linear(m, k*n),
-            which give the same bound 1/sqrt(m), fan-in being m for both; ``"glorot_hidden"`` and
-            ``"glorot_wide"``, Glorot (Xavier) uniform for shape (m, n) or (m, k*n). The bias is
-            nn.Linear's U(-1/sqrt(m), 1/sqrt(m)) with every init. Default: ``"hidden_fan_in"``.
+            default) and ``"wide_fan_in"``, nn.Linear's rule for nn.Linear(in_features, width) and
+            nn.Linear(in_features, k * width), which give the same bound 1/sqrt(in_features), fan-in being
+            in_features for both; ``"glorot_hidden"`` and
+            ``"glorot_wide"``, Glorot (Xavier) uniform for shape (in_features, width) or (in_features, k * width). The bias is
+            nn.Linear's U(-1/sqrt(in_features), 1/sqrt(in_features)) with every init. Default: ``"hidden_fan_in"``.
 
     Shape:
-        - Input: :math:`(*, m)`.
-        - Output: :math:`(*, k n)`.
+        - Input: :math:`(*, in\_features)`.
+        - Output: :math:`(*, k \cdot width)`.
 
     Attributes:
         weight: the learnable hidden weight of shape (in_features, width), input-major (the
             transpose of nn.Linear's layout). Initialised by default from
-            :math:`\mathcal{U}(-1/\sqrt{m}, 1/\sqrt{m})`, as nn.Linear(m, k * n) would be (``init``).
+            :math:`\mathcal{U}(-1/\sqrt{in\_features}, 1/\sqrt{in\_features})`, as nn.Linear(in_features,
+            k * width) would be (``init``).
         bias: the learnable bias of shape (k * width,) for ``"full"``, (width,) for ``"reuse"``,
-            None for ``"none"``; initialised from :math:`\mathcal{U}(-1/\sqrt{m}, 1/\sqrt{m})`.
+            None for ``"none"``; initialised from :math:`\mathcal{U}(-1/\sqrt{in\_features}, 1/\sqrt{in\_features})`.
         in_features, width, k, out_features (= k * width), bias_mode, permutation, seed, layer,
             signs, init: the constructor's arguments.
         index: ``"stored"`` and ``"random"`` only, a non-persistent buffer (m, k * n) with

@@ -10,8 +10,8 @@ import pytest
 
 from chaos import ROOT, Chaos, can_fill_disk, command, environment
 
-# `make test` (CI) runs 4 rounds to stay within its time; `make chaos ROUNDS=500` many more. A failing round is reproduced by its seed:
-# `python tests/chaos.py --seed <seed> --rounds 1`.
+# `make test` (CI) runs 4 rounds to stay within its time; `make chaos ROUNDS=500` many more. A failing round is
+# reproduced by its seed: `python tests/chaos.py --seed <seed> --rounds 1`.
 ROUNDS = int(os.environ.get("CHAOS_ROUNDS", "4"))
 SEED = int(os.environ.get("CHAOS_SEED", "0"))
 

@@ -210,9 +210,9 @@ def test_slurm_launcher_config_runs_the_figure_sweep(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signum, when, resumed_at", [
-    ("SIGTERM", "validation_epoch=1", "epoch 2 of 3 (mid-epoch, step 15)"),  # then one more step
-    ("SIGUSR1", "validation_epoch=1", "epoch 2 of 3 (mid-epoch, step 15)"),
-    ("SIGUSR1", "step=14", "epoch 2 of 3 (mid-epoch, step 15)"),  # an epoch's last step: its end comes first
+    ("SIGTERM", "validation_epoch=1", "epoch 2 of 3 (step 14)"),  # stops at the epoch's end, its metrics logged
+    ("SIGUSR1", "validation_epoch=1", "epoch 2 of 3 (step 14)"),
+    ("SIGUSR1", "step=14", "epoch 2 of 3 (step 14)"),  # an epoch's last step: its validation and end come first
     ("SIGTERM", "step=10", "epoch 1 of 3 (mid-epoch, step 10)"),  # a step whose loss is logged (every 5)
 ], ids=["SIGTERM-validation", "SIGUSR1-validation", "last-step", "logged-step"])
 def test_a_stopped_run_resumes_to_the_uninterrupted_metrics(signum, when, resumed_at, tmp_path, fake_root):
@@ -226,7 +226,8 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_metrics(signum, when, resume
             f"+callbacks.stop.{when}", f"+callbacks.stop.signum={signum}", f"hydra.run.dir={run}"]
     stopped = train_py(args + stop)
     assert stopped.returncode == 128 + signal.Signals[signum], stopped.stdout[-2000:] + stopped.stderr[-3000:]
-    assert (run / "checkpoints" / "last.ckpt").is_file() and not (run / "results.json").exists()
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert json.loads((run / "results.json").read_text())["status"] == "stopped"
     again = train_py(args + stop)  # 7 steps an epoch
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
     assert f"resuming from {resumed_at}" in again.stdout

@@ -280,8 +280,10 @@ def point_row(method: str, width: int, batch_size: int, budget_s: float, steps: 
 
 
 def _fmt_bytes(value) -> str:
-    return "" if value in (None, "") else f"{int(value) / 2**30:.3g} GiB" if int(value) >= 2**30 \
-        else f"{int(value) / 2**20:.3g} MiB"
+    if value in (None, ""):
+        return ""
+    value = int(value)
+    return f"{value / 2**30:.2f} GiB" if value >= 2**30 else f"{value / 2**20:.1f} MiB"
 
 
 def run_grid(out: Path, methods: list[str], widths: list[int], batch_size: int = BATCH_SIZE,

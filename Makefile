@@ -56,7 +56,7 @@ data: setup  ## find Fashion-MNIST (data/, then Debian's package) and check it; 
 train: setup  ## one run: make train ARGS='model=rpp model.k=100'
 	$(PY) src/train.py $(ARGS)
 
-test: setup  ## the test suite (CPU, under 10 minutes)
+test: setup  ## the test suite (CPU): unit, end-to-end, fault and chaos tests
 	$(PY) -m pytest -q
 
 test-fast: setup  ## the tests that take seconds

@@ -343,20 +343,23 @@ def stop_reason(row: dict | None) -> str:
         return (f"{width}: refused by the memory check, estimate {_fmt_bytes(row['estimate_bytes'])} > "
                 f"{_fmt_bytes(row['available_bytes'])} available")
     if row["status"] == "over_time":
-        return f"{width}: {float(row['step_s']):.1f} s per step, over the {float(row['time_budget_s']):g} s budget"
+        return (f"{width}: {float(row['step_s']):.1f} s per step, over the {float(row['time_budget_s']):g} s budget "
+                f"(memory: estimate {_fmt_bytes(row['estimate_bytes'])}, measured "
+                f"{_fmt_bytes(row.get('measured_bytes'))}, {_fmt_bytes(row['available_bytes'])} available)")
     return f"{width}: failed ({row.get('note')})"
 
 
 def summary_markdown(rows: list[dict]) -> str:
-    lines = ["| method | widest that trains | state | step peak | measured peak | estimate | s/step | "
-             "what stops the next width |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+    lines = ["| method | widest that trains | state | step peak | construction peak | measured peak | estimate | "
+             "s/step | what stops the next width |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for method, found in limits(rows).items():
         widest = found["widest"] or {}
         lines.append(
             f"| {method} | {int(widest['width']):,} |" if widest else f"| {method} | none |")
         lines[-1] += (f" {_fmt_bytes(widest.get('state_bytes'))} | {_fmt_bytes(widest.get('step_peak_bytes'))} |"
-                      f" {_fmt_bytes(widest.get('measured_bytes'))} | {_fmt_bytes(widest.get('estimate_bytes'))} |"
-                      f" {float(widest['step_s']):.2f} |" if widest else " | | | | |")
+                      f" {_fmt_bytes(widest.get('build_peak_bytes'))} | {_fmt_bytes(widest.get('measured_bytes'))} |"
+                      f" {_fmt_bytes(widest.get('estimate_bytes'))} | {float(widest['step_s']):.2f} |"
+                      if widest else " | | | | | |")
         lines[-1] += f" {stop_reason(found['stop'])} |"
     lines += ["", "Every point (state and peak in MiB, measured = max(construction peak, state + step peak)):", "",
               "| method | width | status | state | step peak | construction peak | measured | estimate | "
@@ -375,38 +378,56 @@ def summary_markdown(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], png: Path, machine_bytes: int, budget_s: float) -> None:
-    """Log-log: state and step peak against width per method, the machine's memory as a line; and step time."""
+    """Log-log against width, per method: the state and a step's peak, the run's measured peak with the estimate,
+    the machine's memory as a line; and the step time with the budget. Hollow markers: over the time budget."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
-    figure = Figure(figsize=(15, 4.8), layout="constrained")
+    figure = Figure(figsize=(13, 9), layout="constrained")
     FigureCanvasAgg(figure)
-    axes = figure.subplots(1, 3, sharex=True)
-    colors = dict(zip(METHODS, ("black", "tab:blue", "tab:cyan", "tab:purple", "tab:orange", "tab:green")))
-    for method, color in colors.items():
-        mine = sorted((row for row in rows if row["method"] == method and row.get("state_bytes") not in (None, "")),
-                      key=lambda row: int(row["width"]))
-        for ax, key in zip(axes, ("state_bytes", "step_peak_bytes", "step_s")):
-            points = [(int(row["width"]), float(row[key])) for row in mine if row.get(key) not in (None, "")]
-            if points:
-                ax.plot(*zip(*points), marker="o", color=color, label=method)
-        refused = [row for row in rows if row["method"] == method and row["status"] == "refused"]
-        for row in refused:  # the estimate that refused it, where the state would be
-            axes[0].scatter(int(row["width"]), int(row["estimate_bytes"]), marker="x", color=color, s=60)
-    for ax in axes[:2]:
+    axes = figure.subplots(2, 2, sharex=True).ravel()
+    styles = dict(zip(METHODS, (("black", "o", "-"), ("tab:blue", "s", "-"), ("tab:cyan", "^", ":"),
+                                ("tab:purple", "D", "-"), ("tab:orange", "o", "-"), ("tab:green", "o", "-"))))
+    keys = ("state_bytes", "step_peak_bytes", "measured_bytes", "step_s")
+    for method, (color, marker, line) in styles.items():
+        mine = sorted((row for row in rows if row["method"] == method), key=lambda row: int(row["width"]))
+        for ax, key in zip(axes, keys):
+            points = [(int(row["width"]), float(row[key]), row["status"] == "ok") for row in mine
+                      if row.get(key) not in (None, "")]
+            if not points:
+                continue
+            widths, values, trained = zip(*points)
+            ax.plot(widths, values, color=color, linestyle=line, linewidth=1.2)
+            for width, value, ok in points:
+                ax.plot(width, value, marker=marker, color=color, markerfacecolor=color if ok else "white",
+                        markersize=6)
+        estimates = [(int(row["width"]), int(row["estimate_bytes"])) for row in mine]
+        axes[2].plot(*zip(*estimates), color=color, linestyle="none", marker="_", markersize=14)
+        for row in mine:
+            if row["status"] == "refused":
+                axes[2].plot(int(row["width"]), int(row["estimate_bytes"]), marker="x", color=color, markersize=9)
+    for ax in axes[:3]:
         ax.axhline(machine_bytes, color="red", linestyle="--", linewidth=1)
-        ax.text(1000, machine_bytes * 1.1, f"machine memory {machine_bytes / 2**30:.1f} GiB", color="red",
+        ax.text(1000, machine_bytes * 1.15, f"machine memory {machine_bytes / 2**30:.1f} GiB", color="red",
                 fontsize=8)
-    axes[2].axhline(budget_s, color="red", linestyle="--", linewidth=1)
-    axes[2].text(1000, budget_s * 1.1, f"time budget {budget_s:g} s", color="red", fontsize=8)
-    titles = ("state kept between steps\n(x: estimate of a refused width)", "a step's peak above the state",
-              "time per training step")
-    for ax, title, unit in zip(axes, titles, ("bytes", "bytes", "seconds")):
-        ax.set(xscale="log", yscale="log", title=title, xlabel="hidden width (k * 10 for RPP, hashed, low-rank)",
-               ylabel=unit)
+    axes[3].axhline(budget_s, color="red", linestyle="--", linewidth=1)
+    axes[3].text(1000, budget_s * 1.15, f"time budget {budget_s:g} s per step", color="red", fontsize=8)
+    titles = ("state kept between steps (parameters, gradients, Adam, index)", "a training step's peak above the state",
+              "the run's peak, measured: max(construction, state + step)\n"
+              "bars: the memory check's estimate; x: refused by it", "time per training step (wall)")
+    for ax, title, unit in zip(axes, titles, ("bytes", "bytes", "bytes", "seconds")):
+        ax.set(xscale="log", yscale="log", title=title, ylabel=unit)
+        ax.title.set_fontsize(10)
         ax.grid(True, which="major", alpha=0.3)
-    axes[0].legend(fontsize=8)
-    figure.savefig(png, dpi=130)
+    for ax in axes[2:]:
+        ax.set_xlabel("hidden width (k * 10 for RPP, hashed, low-rank)")
+    handles = [Line2D([], [], color=color, marker=marker, linestyle=line, label=method)
+               for method, (color, marker, line) in styles.items()]
+    handles.append(Line2D([], [], color="gray", marker="o", markerfacecolor="white", linestyle="none",
+                          label="over the time budget"))
+    axes[0].legend(handles=handles, fontsize=8)
+    figure.savefig(png, dpi=120)
 
 
 def write_outputs(out: Path, rows: list[dict], budget_s: float) -> None:

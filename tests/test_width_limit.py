@@ -13,6 +13,9 @@ from rppnets.training.resources import estimate_training_bytes, index_build_byte
 
 RECORD = Path(__file__).resolve().parents[1] / "experiments" / "width_limit" / width_limit.CSV_NAME
 LIMIT = 1.5  # the estimate must stay within this factor of what is measured, either way
+# and models the record more closely than that (0.998 to 1.029 when it was made): a term left out, such as Adam's
+# update temporaries (2/3 to 3/4 of dense's peak), shows here long before it reaches LIMIT
+RECORD_BAND = (0.95, 1.25)
 
 
 def ratio(row: dict) -> float:
@@ -57,6 +60,12 @@ def test_estimate_is_within_its_limit_of_every_point_of_the_record():
     assert len(measured) >= 3 * len(METHODS)
     off = {(row["method"], row["width"]): round(ratio(row), 3) for row in measured
            if not 1 / LIMIT <= ratio(row) <= LIMIT}
+    assert not off, off
+
+
+def test_estimate_models_every_point_of_the_record_closely():
+    off = {(row["method"], row["width"]): round(ratio(row), 3) for row in record_rows()
+           if measured_bytes(row) and not RECORD_BAND[0] <= ratio(row) <= RECORD_BAND[1]}
     assert not off, off
 
 

@@ -122,6 +122,9 @@ def test_the_bar_counts_epochs_from_1_to_max_epochs():
 ROOT = Path(__file__).resolve().parents[1]
 # Every line a run may print: its data, the progress bar (with its metrics), its resume line and its summary.
 EXPECTED_LINES = [
+    # Not silenced yet: libkineto's own C++ lines when the memory meter's profiler starts and stops; seen in a full
+    # `make test` (not when this test ran alone). Tolerated here so that the rest of the console stays pinned.
+    r"USDT:\S+ \S+ \d+:\d+ SyncActivityProfilerHandler\.cpp:\d+\] profiler_(start|stop)",
     r"Data: Fashion-MNIST from data\.root \(.+\), MD5 check off \(data\.verify_md5=false\); "
     r"224 training, 32 validation, 64 test images",
     r"rpp-w10-k10-s0: resuming from epoch 2 of 2 \(step \d+\) with .+last\.ckpt.*",

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import csv
 import itertools
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from rppnets.training.run_folder import RESULTS, RunFolder
 
 # The figure's title; {data} is the data set of the jobs (data.name in their .hydra/config.yaml).
 TITLE = "Training loss on {data}. m=10, k=100, 2 relu hidden layers, w/ softmax output layer."
@@ -128,8 +129,8 @@ def read_settings(folder: Path) -> dict:
 def read_job(folder: Path) -> Job:
     """The job of one folder: finished or failed by its results.json (no "status": finished), else unfinished."""
     settings = read_settings(folder)
-    results_path = folder / "results.json"
-    results, damaged = _read_results(results_path)
+    results, damaged = RunFolder(folder).read_json_or_reason(RESULTS)
+    damaged = damaged and f"{damaged}; rerun the job to rebuild it"
     job = Job(network=(results or {}).get("network") or settings.get("network") or folder.name,
               seed=(results or {}).get("seed", settings.get("seed")), folder=folder, settings=settings)
     left = "last.ckpt kept" if (folder / "checkpoints" / "last.ckpt").is_file() else "no checkpoint"
@@ -149,18 +150,6 @@ def read_job(folder: Path) -> Job:
         job.metrics = {}
     return job
 
-
-def _read_results(path: Path) -> tuple[dict | None, str | None]:
-    """results.json's content, or None and why it cannot be used (None, None when there is none)."""
-    try:
-        results = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None, None
-    except (OSError, ValueError) as err:
-        return None, f"{path} is damaged ({type(err).__name__}: {err}); rerun the job to rebuild it"
-    if not isinstance(results, dict):
-        return None, f"{path} is damaged (not a JSON object); rerun the job to rebuild it"
-    return results, None
 
 
 def job_folders(sweep_dir: Path) -> list[Path]:

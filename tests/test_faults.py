@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -223,7 +222,9 @@ def test_checkpoint_folder_lost_mid_run_fails_at_the_next_save(fake_root, tmp_pa
     run = start(fake_root, tmp_path, *LONG_RUN)
     checkpoints = tmp_path / "checkpoints"
     wait_for(checkpoints / "last.ckpt", run)
-    shutil.rmtree(checkpoints)
+    # Renamed away in one step: the run may be writing into the folder right
+    # now (previous.ckpt's rotation), which makes a plain rmtree race with it.
+    checkpoints.rename(tmp_path / "checkpoints.lost")
     checkpoints.write_text("")  # the next checkpoint cannot be written
     output = run.communicate(timeout=120)[0]
     assert run.returncode == 1, output

@@ -217,6 +217,44 @@ def test_online_wandb_without_a_server_falls_back_offline_once(fake_root, tmp_pa
     assert wall_s < took["a"] - 10  # the first job waited about ONLINE_TIMEOUT_S for W&B, outside its wall time
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (children, their children, ...)."""
+    children = [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
+    return children + [grandchild for child in children for grandchild in descendants(child)]
+
+
+def wandb_service(run: subprocess.Popen) -> int | None:
+    """The pid of the run's W&B service process (wandb-core), once it runs."""
+    for pid in descendants(run.pid):
+        try:
+            if "wandb-core" in Path(f"/proc/{pid}/cmdline").read_text():
+                return pid
+        except FileNotFoundError:
+            continue
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM])
+def test_wandb_service_killed_mid_run_the_run_finishes_with_its_whole_record(stop, uninterrupted, fake_root,
+                                                                            tmp_path):
+    """SLURM signals every process of a job step: a SIGTERM (pre-emption, scancel --signal) kills W&B's service
+    process too. Every W&B call after that raised ConnectionResetError, the run was recorded failed and the stop's
+    checkpoint was never saved."""
+    run = start(fake_root, tmp_path, *[a for a in LONG_RUN if a != "logger=csv"])  # W&B on (offline)
+    wait_for(tmp_path / "checkpoints" / "last.ckpt", run)
+    service = wandb_service(run)
+    assert service is not None, "no wandb-core process under the run"
+    os.kill(service, stop)
+    output = run.communicate(timeout=300)[0]
+    assert run.returncode == 0, output[-3000:]
+    assert output.count("W&B stopped logging") == 1, output[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["status"] == "finished"
+    assert training_metrics(tmp_path / "results.json") == training_metrics(uninterrupted / "results.json")
+    assert epoch_rows(tmp_path / "csv" / "metrics.csv") == epoch_rows(uninterrupted / "csv" / "metrics.csv")
+
+
 @pytest.mark.slow
 def test_checkpoint_folder_lost_mid_run_fails_at_the_next_save(fake_root, tmp_path):
     run = start(fake_root, tmp_path, *LONG_RUN)

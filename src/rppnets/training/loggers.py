@@ -8,6 +8,7 @@ from contextlib import contextmanager
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from pytorch_lightning.loggers import WandbLogger
 
 # Epoch-level metrics are charted against the epoch, not the global step.
 EPOCH_METRICS = ("train/loss_epoch", "train/acc", "val/*", "time/*")
@@ -32,6 +33,37 @@ def build_loggers(logger_cfg: DictConfig, config: dict, wandb_id: str | None = N
         else:
             loggers.append(instantiate(cfg))
     return loggers
+
+
+class ContainedWandbLogger(WandbLogger):
+    """Lightning's W&B logger, whose failure mid-run never fails the run: the first error is said in one line and
+    W&B logs nothing more in this attempt. A SLURM signal reaches every process of a job step, W&B's service process
+    (wandb-core) too: SIGTERM kills it, and every later `log` raised ConnectionResetError, before the stop's
+    checkpoint was saved. The CSV and the checkpoints stay the record; a resumed attempt replays the W&B history."""
+
+    failed: str | None = None
+
+    def _contained(self, method, *args, **kwargs):
+        if self.failed is not None:
+            return None
+        try:
+            return method(*args, **kwargs)
+        except Exception as err:
+            self.failed = f"{type(err).__name__}: {err}".splitlines()[0]
+            print(f"W&B stopped logging ({self.failed}); the run goes on, its CSV and checkpoints keep the record",
+                  file=sys.stderr, flush=True)
+
+    def log_metrics(self, *args, **kwargs):
+        return self._contained(super().log_metrics, *args, **kwargs)
+
+    def log_hyperparams(self, *args, **kwargs):
+        return self._contained(super().log_hyperparams, *args, **kwargs)
+
+    def after_save_checkpoint(self, *args, **kwargs):
+        return self._contained(super().after_save_checkpoint, *args, **kwargs)
+
+    def finalize(self, *args, **kwargs):
+        return self._contained(super().finalize, *args, **kwargs)
 
 
 def start_wandb(cfg: DictConfig, config: dict, wandb_id: str | None = None, resume: bool = False):

@@ -19,7 +19,7 @@ export WANDB_MODE ?= offline
 SWEEP := outputs/fashion_mnist_plot/epochs$(EPOCHS)-seeds$(SEEDS)
 QUICK_SWEEP := outputs/fashion_mnist_plot_quick
 SWEEP_ARGS = -m experiment=fashion_mnist_plot trainer.max_epochs=$(EPOCHS) 'seed=range(0,$(SEEDS))' \
-	$(if $(LAUNCHER),hydra/launcher=$(LAUNCHER))
+	$(if $(LAUNCHER),hydra/launcher=$(LAUNCHER)) $(ARGS)
 # frontier and controls default to 3 seeds (`make frontier SEEDS=1` for one); expanded when their recipes run
 frontier frontier30 controls: SEEDS = 3
 FRONTIER_SWEEP = outputs/frontier/seeds$(SEEDS)
@@ -30,7 +30,7 @@ CONTROLS_SWEEP = outputs/controls/seeds$(SEEDS)
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
-	@echo "  variables: ARGS='...' (train), EPOCHS=$(EPOCHS) SEEDS=$(SEEDS) LAUNCHER=$(LAUNCHER) (sweeps), PY=$(PY)"
+	@echo "  variables: ARGS='...' (train; reproduce: extra overrides), EPOCHS=$(EPOCHS) SEEDS=$(SEEDS) LAUNCHER=$(LAUNCHER) (sweeps), PY=$(PY)"
 
 ifeq ($(PY),$(VENV)/bin/python)
 STAMP := $(VENV)/.installed-stamp

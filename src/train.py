@@ -22,7 +22,7 @@ from rppnets.training.checkpointing import Preempted, requeue_slurm_job
 import rppnets.schemas  # noqa: F401  (registers the config schemas before Hydra composes)
 from rppnets.console import silence_known_noise
 from rppnets.training.run_folder import RESULTS, RunFolder
-from rppnets.training.sweep import job_dirname  # noqa: F401  (registers the job folder name resolver)
+from rppnets.training.sweep import SweepOutcome, job_dirname  # noqa: F401  (job_dirname: registers its resolver)
 from rppnets.training.pipeline import ConfigError, train
 
 # Exit statuses: 1 a job failed, 2 bad input (a single run), 128 + signal number when stopped by a signal.
@@ -45,7 +45,7 @@ def main(cfg: DictConfig) -> float | None:
     except Preempted as stop:  # a checkpoint is saved; stop this process (a sweep too), requeue under SLURM
         requeued = rank_zero_only.rank == 0 and requeue_slurm_job()  # one requeue per job, not one per process
         if rank_zero_only.rank == 0:
-            print(stop_line(stop.signum, Path(cfg.paths.output_dir), multirun), file=sys.stderr, flush=True)
+            print(stop_line(stop.signum, Path(cfg.paths.output_dir), multirun, requeued), file=sys.stderr, flush=True)
         if multirun and submitit_job() and not requeued:
             return None  # the signal was for this job alone: the sweep's end lists it as unfinished
         sys.exit(128 + stop.signum)  # under submitit: no result yet, so its launcher waits for the requeued job
@@ -72,14 +72,19 @@ def main(cfg: DictConfig) -> float | None:
     return metrics.get("val/loss", metrics.get("train/loss"))  # for Hydra sweepers that optimise
 
 
-def stop_line(signum: int, folder: Path, multirun: bool) -> str:
-    """The one line a stopped run prints: which signal, where its checkpoint is, and the command that resumes it."""
+def stop_line(signum: int, folder: Path, multirun: bool, requeued: bool = False) -> str:
+    """The one line a stopped run prints: which signal, where its checkpoint is, and how it resumes."""
+    stopped = f"stopped by {signal.Signals(signum).name}; checkpoint in {shlex.quote(str(folder))}; "
+    if requeued:
+        return stopped + "SLURM requeued the job: it resumes from there when it starts again"
+    if multirun and submitit_job():  # this process is submitit's worker: its argv is not the sweep's command
+        return stopped + "resume: run the sweep's command again (finished jobs are skipped)"
     if multirun:  # the same sweep command: finished jobs are skipped, this one resumes
         command = shlex.join([Path(sys.executable).name, *sys.argv])
     else:
         overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("hydra.run.dir=")]
         command = shlex.join([Path(sys.executable).name, sys.argv[0], *overrides, f"hydra.run.dir={folder}"])
-    return f"stopped by {signal.Signals(signum).name}; checkpoint in {shlex.quote(str(folder))}; resume: {command}"
+    return stopped + f"resume: {command}"
 
 
 def submitit_job() -> bool:
@@ -136,7 +141,7 @@ def run_main() -> None:
     try:
         main()
     except SystemExit as stop:
-        if stop.code == 1 and not job_started:
+        if stop.code == 1 and not (job_started or SweepOutcome.started):  # jobs may run in other processes
             sys.exit(INVALID)
         raise
 

@@ -1,9 +1,11 @@
-"""Fault injection at random moments: a small real job is killed, signalled, damaged or starved of disk, then rerun until
-it finishes; its records must equal an uninterrupted run's. `python tests/chaos.py --rounds 500` (make chaos)."""
+"""Fault injection at random moments: a small real job is killed, signalled (itself, or every process of it as SLURM
+signals a job step), damaged or starved of disk, then rerun until it finishes; its records must equal an
+uninterrupted run's. `python tests/chaos.py --rounds 500` (make chaos)."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -14,6 +16,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from helpers import descendants
 
 ROOT = Path(__file__).resolve().parents[1]
 # A job of 3 epochs of 14 steps with W&B offline: long enough that random moments land in every phase of its life.
@@ -146,11 +150,17 @@ class Chaos:
                     if process.poll() is None:
                         process.send_signal(signum)
                         log.append(f"{signum.name} again")
+            elif fault == "step-signal":  # as SLURM signals a job step: every process, W&B's service too
+                signum = rng.choice(CATCHABLE)
+                for pid in [process.pid, *descendants(process.pid)]:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signum)
+                log.append(f"{signum.name} to every process of the run at {moment:.1f} s")
             elif fault == "damage":
                 process.send_signal(signal.SIGKILL)
                 log.append(f"SIGKILL at {moment:.1f} s")
             output = process.communicate(timeout=300)[0]
-            if fault == "signal" and process.returncode not in (-signal.SIGKILL, 0) \
+            if fault in ("signal", "step-signal") and process.returncode not in (-signal.SIGKILL, 0) \
                     and process.returncode != 128 + signum:
                 log.append(f"unexpected exit {process.returncode}:\n{output[-3000:]}")
         if fault == "damage":
@@ -202,7 +212,8 @@ class Chaos:
         log: list[str] = [f"round {seed}"]
         try:
             for _ in range(rng.randint(1, 3)):
-                kind = rng.choice(["kill", "signal", "damage", "disk"] if self.disk else ["kill", "signal", "damage"])
+                kinds = ["kill", "signal", "step-signal", "damage"] + (["disk"] if self.disk else [])
+                kind = rng.choice(kinds)
                 if kind == "disk" and folder not in self.mounts:
                     self.fill_disk(folder, rng, log)
                 else:

@@ -97,3 +97,12 @@ def epoch_rows(csv_path: Path) -> list[dict]:
     with open(csv_path, newline="") as file:
         rows = [row for row in csv.DictReader(file) if row.get("epoch")]
     return [{k: v for k, v in row.items() if v and not k.startswith(("time/", "memory/"))} for row in rows]
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (children, their children, ...), as SLURM's process tracking sees a job step."""
+    try:
+        children = [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
+    except FileNotFoundError:  # ended meanwhile
+        return []
+    return children + [grandchild for child in children for grandchild in descendants(child)]

@@ -31,12 +31,14 @@ def digest(tensor: torch.Tensor) -> str:
 
 class RankProbe(Callback):
     """Test helper: writes <out>/rank<r>.json with what this process saw: its rank before the trainer existed (what
-    train() decides the run folder's writer with), its rank and world size in the trainer, a digest of each RPP
-    layer's permutation, and a digest of the parameters at the end of training."""
+    train() decides the run folder's writer with), the rank variables Lightning's launcher or SLURM set, its rank
+    and world size in the trainer, a digest of each RPP layer's permutation, and a digest of the parameters at the
+    end of training."""
 
     def __init__(self, out: str):
         self.out = Path(out)
-        self.record = {"rank_before_trainer": rank_zero_only.rank, "LOCAL_RANK": os.environ.get("LOCAL_RANK")}
+        self.record = {"rank_before_trainer": rank_zero_only.rank, "LOCAL_RANK": os.environ.get("LOCAL_RANK"),
+                       "SLURM_PROCID": os.environ.get("SLURM_PROCID")}
 
     def on_fit_start(self, trainer, pl_module):
         self.record |= {"global_rank": trainer.global_rank, "world_size": trainer.world_size, "permutations": [

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import compose_train, epoch_rows
+from helpers import compose_train, descendants, epoch_rows
 from rppnets.training.classifier import DivergenceError
 from rppnets.data import CorruptDataError, load_split
 from rppnets.training.run_folder import RunFolder, FolderBusyError
@@ -215,12 +215,6 @@ def test_online_wandb_without_a_server_falls_back_offline_once(fake_root, tmp_pa
         assert list((tmp_path / job / "wandb").glob("offline-run-*"))
     wall_s = json.loads((tmp_path / "a" / "results.json").read_text())["metrics"]["time/wall_s"]
     assert wall_s < took["a"] - 10  # the first job waited about ONLINE_TIMEOUT_S for W&B, outside its wall time
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below `pid` (children, their children, ...)."""
-    children = [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
-    return children + [grandchild for child in children for grandchild in descendants(child)]
 
 
 def wandb_service(run: subprocess.Popen) -> int | None:

@@ -1,14 +1,12 @@
-"""Sweeps through Hydra's launchers: joblib (parallel jobs sharing the cores), submitit locally, and submitit's SLURM
-launcher against a stand-in for SLURM's commands (sbatch, srun, sacct, scontrol), a pre-emption and requeue included."""
+"""Sweeps through Hydra's launchers: joblib (parallel jobs sharing the cores), submitit locally, the SLURM launcher's
+config, and runs stopped by a signal resuming to the uninterrupted result (through a real SLURM: test_slurm.py)."""
 
 import csv
 import json
 import os
 import signal
-import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -100,99 +98,6 @@ def test_submitit_local_runs_a_two_job_sweep(tmp_path, fake_root):
     assert [r["torch_threads"] for r in results] == [1, 1]  # cpus_per_task
     assert len(list((tmp_path / ".submitit").glob("*/*_result.pkl"))) == 2  # each job ran as its own submitit job
     assert "2 finished" in result.stdout
-
-
-# A stand-in for SLURM's commands, enough for submitit: sbatch runs each array task of the script in the background
-# with SLURM's variables (again, with SLURM_RESTART_COUNT raised, after `scontrol requeue` of that task); srun runs
-# its command with the log files it was given; sacct knows nothing (submitit then waits for the result files).
-FAKE_SLURM = {
-    "sbatch": r"""#!/usr/bin/env bash
-script=$1; id=$((RANDOM + 1000)); cp "$script" "$FAKE_SLURM_DIR/sbatch-$id.sh"
-export SLURM_NTASKS=1 SLURM_NTASKS_PER_NODE=1 SLURM_PROCID=0 SLURM_LOCALID=0 SLURM_NODEID=0 SLURM_JOB_NUM_NODES=1 \
-  SLURM_NNODES=1 SLURM_JOB_NODELIST=localhost SLURM_NODELIST=localhost SLURM_JOB_NAME=train
-last=$(sed -n 's/^#SBATCH --array=0-\([0-9]*\).*/\1/p' "$script")
-for task in $(seq 0 "${last:-0}"); do
-  (
-    if [ -n "$last" ]; then  # a job array: each task has its own job id
-      export SLURM_JOB_ID=$((id + task + 1)) SLURM_ARRAY_JOB_ID=$id SLURM_ARRAY_TASK_ID=$task; job=${id}_$task
-    else
-      export SLURM_JOB_ID=$id; job=$id
-    fi
-    attempt=0
-    while :; do
-      SLURM_RESTART_COUNT=$attempt bash "$script"
-      echo "$job attempt $attempt exit $?" >> "$FAKE_SLURM_DIR/exits"
-      [ -e "$FAKE_SLURM_DIR/requeue-$job" ] || break
-      rm "$FAKE_SLURM_DIR/requeue-$job"; attempt=$((attempt + 1))
-    done
-  ) < /dev/null > /dev/null 2>&1 &
-done
-echo "Submitted batch job $id"
-""",
-    "srun": r"""#!/usr/bin/env bash
-out=/dev/null; err=/dev/null
-while [[ $1 == --* ]]; do
-  case $1 in --output) out=$2; shift 2;; --error) err=$2; shift 2;; *) shift;; esac
-done
-expand() {
-  local p=${1//%A/$SLURM_ARRAY_JOB_ID}; p=${p//%a/$SLURM_ARRAY_TASK_ID}; p=${p//%j/$SLURM_JOB_ID}; echo "${p//%t/0}"
-}
-out=$(expand "$out"); err=$(expand "$err"); mkdir -p "$(dirname "$out")" "$(dirname "$err")"
-exec "$@" >> "$out" 2>> "$err"
-""",
-    "sacct": "#!/usr/bin/env bash\nexit 0\n",
-    "scancel": "#!/usr/bin/env bash\nexit 0\n",
-    "scontrol": """#!/usr/bin/env bash
-[ "$1" = requeue ] && touch "$FAKE_SLURM_DIR/requeue-$2" && echo "$@" >> "$FAKE_SLURM_DIR/requeues"
-""",
-}
-
-
-def fake_slurm(folder: Path) -> dict:
-    """Write the stand-in commands into `folder`/bin; the environment that puts them first on PATH."""
-    (folder / "bin").mkdir(parents=True)
-    for name, text in FAKE_SLURM.items():
-        path = folder / "bin" / name
-        path.write_text(text)
-        path.chmod(path.stat().st_mode | stat.S_IXUSR)
-    return {"PATH": f"{folder / 'bin'}{os.pathsep}{os.environ['PATH']}", "FAKE_SLURM_DIR": str(folder)}
-
-
-@pytest.mark.slow
-def test_slurm_job_stopped_before_its_time_limit_requeues_itself_and_resumes(tmp_path, fake_root):
-    slurm, sweep_dir = tmp_path / "slurm", tmp_path / "sweep"
-    env = fake_slurm(slurm)
-    # The job gets SIGUSR2 after step 6 of 7 (what signal_delay_s asks SLURM to send before the limit).
-    result = sweep([*quick(fake_root), "hydra/launcher=slurm", "hydra.launcher.partition=cpu", "seed=0",
-                    "trainer.log_every_n_steps=1", "+callbacks.stop._target_=test_launchers.SignalOnce",
-                    f"+callbacks.stop.once={tmp_path / 'signalled'}", "+callbacks.stop.step=6",
-                    f"hydra.sweep.dir={sweep_dir}"], env=env)
-    logs = "\n".join(path.read_text() for path in sweep_dir.glob(".submitit/*/*_log.*"))
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:] + logs[-4000:]
-
-    (script,) = slurm.glob("sbatch-*.sh")  # what submitit submitted, from conf/hydra/launcher/slurm.yaml
-    lines = script.read_text().splitlines()
-    for line in ("#SBATCH --signal=USR2@120", "#SBATCH --requeue", "#SBATCH --partition=cpu", "#SBATCH --time=60",
-                 "#SBATCH --cpus-per-task=4", "#SBATCH --ntasks-per-node=1", "#SBATCH --mem=8GB"):
-        assert line in lines, line
-    # Attempt 0 saved a checkpoint, requeued the job itself (once) and exited 128 + SIGUSR2, leaving no result for
-    # submitit, whose launcher kept waiting; attempt 1 resumed from the checkpoint and finished.
-    job = (slurm / "requeues").read_text().split()[1]
-    assert (slurm / "requeues").read_text().splitlines() == [f"requeue {job}"]
-    for _ in range(300):  # the launcher returns on the job's result file, a moment before the task process exits
-        if len((slurm / "exits").read_text().splitlines()) == 2:
-            break
-        time.sleep(0.1)
-    assert (slurm / "exits").read_text().splitlines() == [f"{job} attempt 0 exit 140", f"{job} attempt 1 exit 0"]
-    assert "received SIGUSR2" in logs and f"SLURM job {job} requeued" in logs
-    assert "resuming from epoch 0 of 1 (mid-epoch, step 6)" in logs
-    (results,) = job_results(sweep_dir)
-    assert results["status"] == "finished" and "1 finished" in result.stdout
-    (metrics_csv,) = sweep_dir.glob("*/csv/metrics.csv")
-    steps = [int(row["step"]) for row in csv.DictReader(metrics_csv.open()) if row["train/loss_step"]]
-    # Each step at most once, the first attempt's kept: nothing written twice by the requeue. (The row of the step
-    # the signal interrupted, step 5, is not written by either attempt: the stop comes before Lightning logs it.)
-    assert steps == sorted(set(steps)) and steps[:5] == [0, 1, 2, 3, 4] and steps[-1] == 6
 
 
 def test_slurm_launcher_config_runs_the_figure_sweep(tmp_path):

@@ -261,6 +261,16 @@ def requeue_slurm_job() -> bool:
         return False
     if array := os.environ.get("SLURM_ARRAY_JOB_ID"):
         job = f"{array}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    # `scancel` sends SIGTERM too, after marking the job CANCELLED, and SLURM requeues a cancelled job when asked:
+    # only a job still RUNNING (a time limit's signal, a pre-emption by signal) is put back.
+    shown = subprocess.run(["scontrol", "show", "job", "--oneliner", job], capture_output=True, text=True)
+    state = next((word.split("=", 1)[1] for word in shown.stdout.split() if word.startswith("JobState=")), "unknown")
+    if state.startswith("REQUEUE") or state == "PENDING":  # pre-empted by `scontrol requeue`: SLURM did it
+        print(f"SLURM job {job} requeued by SLURM ({state})", flush=True)
+        return True
+    if state != "RUNNING":
+        print(f"SLURM job {job} not requeued: it is {state}", flush=True)
+        return False
     result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
     print(f"SLURM job {job} " + ("requeued" if result.returncode == 0 else f"not requeued: {result.stderr.strip()}"),
           flush=True)

@@ -26,6 +26,11 @@ def job_dirname(override_dirname: str) -> str:
 class SweepOutcome(Callback):
     """Hydra callback: after a multirun, print every job's state and exit with status 1 unless all finished."""
 
+    started = False  # set in the process that launches the sweep: src/train.py tells status 1 from a config error
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        SweepOutcome.started = True
+
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(OmegaConf.select(config, "hydra.sweep.dir"))
         jobs = [read_job(folder) for folder in job_folders(sweep_dir)]

@@ -175,3 +175,34 @@ def test_signed_rpp_is_its_own_line_with_its_label_and_colour(frontier_sweep):
         "signed RPP (m=10)": to_hex("C4"), "HashedNets": to_hex("C2")}
     summary = summary_markdown(rows, "k")
     assert "| rpp_signed | 1 | 8,070 | 0.8200 | 0.8100–0.8300 | 0.4000 | 0.3500–0.4500 | 2 |" in summary
+
+
+def write_curve(job: Path, rows: list[tuple[int, float, float]]) -> None:
+    """A job's CSV as CSVLogger writes it: a step row, then each epoch's training loss and validation accuracy."""
+    lines = ["epoch,step,train/loss_step,train/loss_epoch,val/acc"] + ["0,0,2.0,,"]
+    lines += [f"{epoch},{epoch},,{loss},{acc}" for epoch, loss, acc in rows]
+    (job / "csv").mkdir()
+    (job / "csv" / "metrics.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_curves_per_epoch_are_means_and_ranges_over_seeds_per_k(frontier_sweep):
+    write_curve(frontier_sweep / "rpp-k10-seed0", [(0, 0.6, 0.80), (1, 0.4, 0.84)])
+    write_curve(frontier_sweep / "rpp-k10-seed1", [(0, 0.8, 0.82), (1, 0.2, 0.86)])
+    write_curve(frontier_sweep / "dense-k10-seed0", [(0, 0.9, 0.70)])
+    report = write_report(frontier_sweep)
+    rows = list(csv.DictReader((report / "curves.csv").open()))
+    assert [(r["network"], r["k"], r["epoch"], r["seeds"]) for r in rows] == [
+        ("rpp", "10", "0", "2"), ("rpp", "10", "1", "2"), ("dense", "10", "0", "1")]
+    assert float(rows[1]["train_loss"]) == pytest.approx(0.3) and (rows[1]["train_loss_min"],
+                                                                   rows[1]["train_loss_max"]) == ("0.2", "0.4")
+    assert float(rows[0]["val_acc"]) == pytest.approx(0.81)
+
+    from rppnets.analysis.frontier_report import curve_rows, curves_figure, read_job_curves
+
+    jobs = read_jobs(frontier_sweep)
+    figure = curves_figure(curve_rows(jobs, read_job_curves(frontier_sweep, jobs)))
+    loss, acc = figure.axes  # one k with curves: a column of two panels
+    rpp = next(line for line in loss.get_lines() if line.get_label() == "RPP (m=10)")
+    assert list(rpp.get_xdata()) == [0, 1] and list(rpp.get_ydata()) == pytest.approx([0.7, 0.3])
+    assert "k = 10" in loss.get_title() and "Validation accuracy" in acc.get_title()
+    assert (report / "curves.png").stat().st_size > 10_000

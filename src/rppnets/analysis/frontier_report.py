@@ -1,6 +1,7 @@
 """Frontier and controls reports: test accuracy and final training loss against parameters, or per permutation.
 
-    python -m rppnets.analysis.frontier_report outputs/frontier/<date>                      # by k: frontier.png/.csv, summary.md
+    python -m rppnets.analysis.frontier_report outputs/frontier/<date>                      # by k: frontier.png/.csv, summary.md,
+                                                                                            # curves.png/.csv (per epoch)
     python -m rppnets.analysis.frontier_report outputs/controls/<date> --by permutation     # controls.png/.csv, summary.md
 """
 
@@ -18,6 +19,8 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from omegaconf import OmegaConf
+
+from rppnets.analysis.report_data import read_curve
 
 METHOD_ORDER = ("rpp", "rpp_signed", "dense", "hashed", "lowrank")  # legend order; other networks follow by name
 PERMUTATION_ORDER = ("identity", "random", "stored", "shared", "generated")
@@ -138,6 +141,64 @@ def frontier_figure(rows: list[dict]) -> Figure:
     return figure
 
 
+CURVE_PANELS = (("train_loss", "Training loss"), ("val_acc", "Validation accuracy"))
+CURVE_COLUMNS = ["network", "k", "epoch", "seeds"] + [f"{metric}{end}" for metric, _ in CURVE_PANELS
+                                                      for end in ("", "_min", "_max")]
+
+
+def read_job_curves(sweep_dir: str | Path, jobs: list[Job]) -> dict[str, dict[int, dict[str, float]]]:
+    """Each job's per-epoch values (report_data.read_curve) by folder, from csv/metrics.csv (a run folder) or
+    metrics.csv (a committed record's job); jobs without either are left out."""
+    curves = {}
+    for job in jobs:
+        folder = Path(sweep_dir) / job.folder
+        path = next((p for p in (folder / "csv" / "metrics.csv", folder / "metrics.csv") if p.is_file()), None)
+        if path is not None:
+            curves[job.folder] = read_curve(path)
+    return curves
+
+
+def curve_rows(jobs: list[Job], curves: dict[str, dict[int, dict[str, float]]]) -> list[dict]:
+    """One row per (network, k, epoch): mean, min and max over the seeds that logged that epoch."""
+    groups: dict[tuple, list[dict]] = {}
+    for job in jobs:
+        for epoch, values in curves.get(job.folder, {}).items():
+            groups.setdefault((job.network, job.k, epoch), []).append(values)
+    rows = []
+    for (network, k, epoch) in sorted(groups, key=lambda key: (_key_order(key[:2], "k"), key[2])):
+        row = {"network": network, "k": k, "epoch": epoch, "seeds": len(groups[network, k, epoch])}
+        for metric, _ in CURVE_PANELS:
+            values = [v[metric] for v in groups[network, k, epoch] if metric in v]
+            row |= {metric: statistics.fmean(values), f"{metric}_min": min(values), f"{metric}_max": max(values)
+                    } if values else {}
+        rows.append(row)
+    return rows
+
+
+def curves_figure(rows: list[dict]) -> Figure:
+    """Training loss and validation accuracy per epoch, one column per k: a line per method (mean over seeds) with
+    its min-max band, beside the frontier's end points."""
+    ks = sorted({row["k"] for row in rows}, key=lambda k: (k is None, k))
+    figure = Figure(figsize=(4.5 * len(ks), 7))
+    FigureCanvasAgg(figure)
+    for column, k in enumerate(ks):
+        for line_index, (metric, title) in enumerate(CURVE_PANELS):
+            axes = figure.add_subplot(2, len(ks), line_index * len(ks) + column + 1)
+            for network in dict.fromkeys(row["network"] for row in rows if row["k"] == k):
+                line = [row for row in rows if row["k"] == k and row["network"] == network and metric in row]
+                epochs = [row["epoch"] for row in line]
+                (drawn,) = axes.plot(epochs, [row[metric] for row in line], label=LABELS.get(network, network),
+                                     color=COLOURS.get(network))
+                axes.fill_between(epochs, [row[f"{metric}_min"] for row in line],
+                                  [row[f"{metric}_max"] for row in line], color=drawn.get_color(), alpha=0.2,
+                                  linewidth=0)
+            axes.set(xlabel="epoch", ylabel=title, title=f"{title}, k = {k}")
+            axes.grid(True, alpha=0.3)
+    figure.axes[0].legend()
+    figure.tight_layout()
+    return figure
+
+
 def controls_figure(rows: list[dict], jobs: list[Job]) -> Figure:
     """Two panels, one point per permutation mode: mean over seeds with a min-max bar, each seed as a dot."""
     figure = Figure(figsize=(9, 4))
@@ -197,6 +258,12 @@ def write_report(sweep_dir: str | Path, by: str = "k") -> Path:
         for job in sorted(jobs, key=lambda job: (_key_order(group_key(job, by), by), str(job.seed))):
             writer.writerow({key: "" if value is None else value for key, value in asdict(job).items()})
     (report / "summary.md").write_text(summary_markdown(rows, by))
+    if by == "k" and (curves := curve_rows(jobs, read_job_curves(sweep_dir, jobs))):
+        curves_figure(curves).savefig(report / "curves.png", dpi=150)
+        with open(report / "curves.csv", "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=CURVE_COLUMNS)
+            writer.writeheader()
+            writer.writerows(curves)
     return report
 
 
@@ -212,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"frontier_report: {err}", file=sys.stderr)
         return 1
     name = "frontier" if args.by == "k" else "controls"
-    print(f"Report: {report} ({name}.png, {name}.csv, summary.md)")
+    curves = ", curves.png, curves.csv" if (report / "curves.csv").is_file() else ""
+    print(f"Report: {report} ({name}.png, {name}.csv, summary.md{curves})")
     return 0
 
 

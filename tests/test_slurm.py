@@ -53,12 +53,24 @@ def slurm(tmp_path_factory):
     stop_cluster(folder)
 
 
-def start_sweep(args: list[str], env: dict) -> subprocess.Popen:
-    """A sweep command running in the background (the launcher waits on the jobs like a user's terminal)."""
-    path = os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])
-    return subprocess.Popen([sys.executable, "src/train.py", "-m", *args], cwd=ROOT, text=True,
-                            env=os.environ | {"PYTHONPATH": path, "WANDB_MODE": "offline"} | env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+@pytest.fixture
+def start_sweep():
+    """Starts a sweep command in the background (its launcher waits on the jobs like a user's terminal); a sweep
+    still running when the test ends (it failed) is killed, and the cluster's teardown cancels its jobs."""
+    started = []
+
+    def start(args: list[str], env: dict) -> subprocess.Popen:
+        path = os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])
+        started.append(subprocess.Popen([sys.executable, "src/train.py", "-m", *args], cwd=ROOT, text=True,
+                                        env=os.environ | {"PYTHONPATH": path, "WANDB_MODE": "offline"} | env,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+        return started[-1]
+
+    yield start
+    for run in started:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
 
 
 def array_tasks(sweep_dir: Path) -> list[str]:
@@ -141,7 +153,7 @@ def test_a_sweep_through_sbatch_finishes_each_job_like_the_same_job_run_locally(
 
 
 def test_time_limit_and_preemption_each_save_requeue_and_resume_to_the_uninterrupted_result(
-        slurm, tmp_path, fake_root):
+        slurm, start_sweep, tmp_path, fake_root):
     """Job 0 runs into its 1-minute limit (SLURM sends SIGUSR2 `signal_delay_s` before it, early by up to its 30 s
     check interval); job 1 is pre-empted by SIGTERM from `scancel --signal=TERM`. Both save a checkpoint, requeue
     themselves, resume and end with the numbers and CSV rows of the same jobs run without a stop, each with one W&B
@@ -181,7 +193,8 @@ def test_time_limit_and_preemption_each_save_requeue_and_resume_to_the_uninterru
         assert len(attempts) >= 2 and len({path.name.rsplit("-", 1)[1] for path in attempts}) == 1
 
 
-def test_a_cancelled_job_is_listed_unfinished_and_the_rerun_sweep_resumes_it(slurm, tmp_path, fake_root):
+def test_a_cancelled_job_is_listed_unfinished_and_the_rerun_sweep_resumes_it(slurm, start_sweep, tmp_path,
+                                                                             fake_root):
     """`scancel` also sends SIGTERM: the job saves its checkpoint but must not requeue itself (SLURM would requeue a
     cancelled job); the other job finishes, the sweep's end and the report list the cancelled one, and the same
     sweep command run again skips the finished job and resumes the cancelled one."""

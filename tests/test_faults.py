@@ -29,9 +29,9 @@ def cli_args(fake_root: Path, folder: Path, *overrides: str) -> list[str]:
             "data.eval_batch_size=64", "trainer.accelerator=cpu", "~callbacks.progress_bar", *overrides]
 
 
-def start(fake_root, folder, *overrides) -> subprocess.Popen:
+def start(fake_root, folder, *overrides, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen(cli_args(fake_root, folder, *overrides), cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, env=env)
 
 
 def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
@@ -234,8 +234,12 @@ def test_wandb_service_killed_mid_run_the_run_finishes_with_its_whole_record(sto
                                                                             tmp_path):
     """SLURM signals every process of a job step: a SIGTERM (pre-emption, scancel --signal) kills W&B's service
     process too. Every W&B call after that raised ConnectionResetError, the run was recorded failed and the stop's
-    checkpoint was never saved."""
-    run = start(fake_root, tmp_path, *[a for a in LONG_RUN if a != "logger=csv"])  # W&B on (offline)
+    checkpoint was never saved.
+
+    The run inherits a W&B service address from its launcher (as pytest's own W&B runs once did, making every run
+    started after them write into pytest's service): the run must still start and own its service."""
+    launcher_service = {**os.environ, "WANDB_SERVICE": f"3-{os.getpid()}-unix-{tmp_path / 'gone.sock'}"}
+    run = start(fake_root, tmp_path, *[a for a in LONG_RUN if a != "logger=csv"], env=launcher_service)  # W&B on
     wait_for(tmp_path / "checkpoints" / "last.ckpt", run)
     service = wandb_service(run)
     assert service is not None, "no wandb-core process under the run"

@@ -69,6 +69,7 @@ class ContainedWandbLogger(WandbLogger):
 def start_wandb(cfg: DictConfig, config: dict, wandb_id: str | None = None, resume: bool = False):
     """Start the W&B run for this job with the resolved `config`; offline if the online start fails."""
     global _online_failed
+    _forget_inherited_wandb_service()
     import wandb
 
     mode = cfg.get("mode") or os.environ.get("WANDB_MODE") or "offline"
@@ -94,6 +95,16 @@ def start_wandb(cfg: DictConfig, config: dict, wandb_id: str | None = None, resu
     for pattern in EPOCH_METRICS:
         run.define_metric(pattern, step_metric="epoch")
     return logger
+
+
+def _forget_inherited_wandb_service() -> None:
+    """Each run talks to a W&B service of its own. W&B hands its service's address to child processes through
+    WANDB_SERVICE ("<version>-<pid of its owner>-unix-<socket>"); a run started from a process that had W&B running (a
+    notebook, a test, the shell sbatch exported) would write into that process's service, or, with that one gone or
+    on another node, fail to start W&B at all."""
+    owner = os.environ.get("WANDB_SERVICE", "").split("-")
+    if len(owner) > 1 and owner[1] != str(os.getpid()):
+        del os.environ["WANDB_SERVICE"]
 
 
 def _without_anonymous(logger):

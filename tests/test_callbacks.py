@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 from helpers import compose_train
 from rppnets.training.callbacks import peak_rss_bytes, reset_peak_rss
 from rppnets.training.classifier import Classifier
+from rppnets.training.cluster import cluster_environment
 from rppnets.analysis.memory import state_breakdown
 from rppnets.layers.rpp_linear import index_storage
 
@@ -30,7 +31,7 @@ def fit(folder, fake_root, callbacks, *overrides):
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     module = Classifier(instantiate(cfg.model), optimizer=instantiate(cfg.optimizer))
     trainer = instantiate(cfg.trainer, logger=False, callbacks=callbacks, enable_checkpointing=False,
-                          enable_progress_bar=False)
+                          enable_progress_bar=False, plugins=[cluster_environment()])  # as the pipeline's Trainer
     trainer.fit(module, datamodule=instantiate(cfg.data))
     return trainer, module
 

@@ -340,7 +340,10 @@ FUSED_TRITON_CHECK = textwrap.dedent(
             assert fused.backward(grad_y, None, weight, perm)[1] is None, case
             assert fused.backward(grad_y, x, None, perm)[0] is None, case
         # float32 and float16 in, float32 sums: dtypes of the eager step, values within their rounding. Not bfloat16:
-        # the interpreter's tl.dot gets it wrong (Triton 3.8, even a bare 16 x 16 product); the CUDA tests check it
+        # the interpreter's tl.dot gets it wrong (Triton 3.8, even a bare 16 x 16 product); the CUDA tests check it.
+        # At the sizes up to two tiles: the larger ones (40 s in the interpreter) add no dtype path
+        if m > 17:
+            continue
         for (dtype, tol), name in itertools.product(((torch.float32, 1e-5), (torch.float16, 1e-2)),
                                                     ("generated", "generated, signed")):
             x_, w_, dy_ = x.to(dtype), weight.to(dtype), grad_y.to(dtype)

@@ -28,6 +28,7 @@ METHODS = {  # method -> the MLP's kind and, for RPP, how it holds P
 RPP_WIDTH = 10  # the figure's hidden weight width m; every wide layer is k * RPP_WIDTH
 FIRST_WIDTH, DOUBLINGS = 1000, 14  # widths 1,000 * 2**i for i = 0..DOUBLINGS
 BATCH_SIZE = 128  # the figure's batch
+IN_FEATURES, NUM_CLASSES = 784, 10  # the figure's data set, Fashion-MNIST: 28 x 28 grey images, 10 classes
 TIME_BUDGET_S = 30.0  # a width whose training step takes longer than this on this machine does not train here
 MEASURED_STEPS = 3  # profiled steps for the step peak (after measure_training's first step and warm-up)
 CAP_MARGIN = 256 << 20  # a point's process may use the memory available at its start less this (RLIMIT_DATA)
@@ -125,8 +126,8 @@ def measure_point(method: str, width: int, batch_size: int = BATCH_SIZE, budget_
     row["params_trainable"] = count_trainable(model)
 
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)  # conf/train.yaml's optimizer
-    inputs = torch.rand(batch_size, 784)
-    targets = torch.randint(0, 10, (batch_size,))
+    inputs = torch.rand(batch_size, IN_FEATURES)
+    targets = torch.randint(0, NUM_CLASSES, (batch_size,))
 
     def step() -> tuple[float, float]:  # Lightning's automatic optimisation, as measure_training runs it
         began, cpu = time.perf_counter(), time.process_time()
@@ -200,7 +201,7 @@ def memory_check(method: str, width: int, batch_size: int) -> tuple[int, int | N
     cfg = OmegaConf.create({"model": model, "data": {"batch_size": batch_size}})
     estimate, available = estimate_training_bytes(model, batch_size), available_memory_bytes()
     try:
-        check_memory(cfg)
+        check_memory(cfg, IN_FEATURES, NUM_CLASSES)
     except ConfigError as error:
         return estimate, available, str(error)
     return estimate, available, None

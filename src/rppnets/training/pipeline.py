@@ -143,20 +143,22 @@ def check_config(cfg: DictConfig) -> None:
             raise ValueError(f"compile={mode!r} is invalid; allowed: null (eager), {', '.join(map(repr, COMPILE_MODES))}")
     except ValueError as err:
         raise ConfigError(str(err)) from err
-    check_memory(cfg)
 
 
-def check_memory(cfg: DictConfig) -> None:
-    """Refuses a model whose training step would not fit in the memory this machine has left."""
+def check_memory(cfg: DictConfig, in_features: int, num_classes: int) -> None:
+    """Refuses a model whose training step would not fit in the memory this machine has left, for the data set's
+    input size and number of classes (a model config's own in_features / num_classes win, as when it is built)."""
     model = OmegaConf.to_container(cfg.model, resolve=True)
     if model.get("kind") not in ("dense", "rpp", "hashed", "lowrank"):
         return  # the model's own checks name the bad value
+    sizes = {"in_features": model.get("in_features") or in_features,
+             "num_classes": model.get("num_classes") or num_classes}
     batch_size = cfg.data.get("batch_size", 128)
-    needed = estimate_training_bytes(model, batch_size)
+    needed = estimate_training_bytes(model, batch_size, **sizes)
     available = available_memory_bytes()
     if available is not None and needed > available:
         # name the keys that drive the estimate: the batch when most of it grows with the batch, else the model's
-        batch_part = needed - estimate_training_bytes(model, 1)
+        batch_part = needed - estimate_training_bytes(model, 1, **sizes)
         knobs = "model.k / model.width" if model.get("kind") != "dense" else "model.width"
         if batch_part > needed / 2:
             knobs = f"data.batch_size (now {batch_size}; most of the estimate grows with it) or {knobs}"
@@ -219,6 +221,7 @@ def _build_and_train(cfg: DictConfig, folder: RunFolder, config: dict, this_hash
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     # Build everything that can reject a value before the run folder is touched.
     datamodule = _build(cfg, "data")
+    check_memory(cfg, datamodule.in_features, datamodule.num_classes)  # before the model takes any memory
     module = Classifier(_build(cfg, "model", **data_sizes(cfg.model, datamodule)), optimizer=_build(cfg, "optimizer"),
                         num_classes=getattr(datamodule, "num_classes", 10))
     if cfg.get("compile"):  # in place: the checkpoint's state_dict keys stay those of the eager network

@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 
 from helpers import compose_train, descendants, epoch_rows
+from pytorch_lightning.loggers import WandbLogger
+
 from rppnets.training.classifier import DivergenceError
+from rppnets.training.loggers import ContainedWandbLogger, build_loggers, finish_wandb
 from rppnets.data import CorruptDataError, load_split
 from rppnets.training.run_folder import RunFolder, FolderBusyError
 from rppnets.training.sweep import MAX_DIRNAME, job_dirname
@@ -226,6 +229,18 @@ def wandb_service(run: subprocess.Popen) -> int | None:
         except FileNotFoundError:
             continue
     return None
+
+
+def test_a_config_naming_lightnings_own_wandb_logger_is_contained_too(tmp_path, monkeypatch):
+    """A user's logger config with `_target_: pytorch_lightning.loggers.WandbLogger` gets the same containment."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = compose_train(["logger=wandb", "logger.wandb._target_=pytorch_lightning.loggers.WandbLogger"],
+                        output_dir=tmp_path)
+    (logger,) = [one for one in build_loggers(cfg.logger, {"seed": 0}) if isinstance(one, WandbLogger)]
+    try:
+        assert isinstance(logger, ContainedWandbLogger)
+    finally:
+        finish_wandb()
 
 
 @pytest.mark.slow

@@ -6,8 +6,8 @@ import sys
 import warnings
 from contextlib import contextmanager
 
-from hydra.utils import instantiate
-from omegaconf import DictConfig
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import WandbLogger
 
 # Epoch-level metrics are charted against the epoch, not the global step.
@@ -71,6 +71,9 @@ def start_wandb(cfg: DictConfig, config: dict, wandb_id: str | None = None, resu
     global _online_failed
     _forget_inherited_wandb_service()
     import wandb
+
+    if get_class(cfg._target_) is WandbLogger:  # a config naming Lightning's own logger is contained all the same
+        cfg = OmegaConf.merge(cfg, {"_target_": f"{__name__}.{ContainedWandbLogger.__name__}"})
 
     mode = cfg.get("mode") or os.environ.get("WANDB_MODE") or "offline"
     if mode == "online" and _online_failed:

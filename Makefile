@@ -57,7 +57,8 @@ train: setup  ## one run: make train ARGS='model=rpp model.k=100'
 	$(PY) src/train.py $(ARGS)
 
 # Two workers, each taking whole test files (a file's fixtures are made once): the end-to-end tests wait on their
-# subprocesses and on SLURM as much as they compute, so two at a time take 11 minutes here instead of 18.
+# subprocesses and on SLURM as much as they compute, so two at a time take 11 to 13 minutes here instead of 18
+# (three: 14, the two cores oversubscribed).
 TEST_WORKERS ?= 2
 
 test: setup  ## the test suite (CPU): unit, end-to-end, fault and chaos tests (make test TEST_WORKERS=1: one at a time)

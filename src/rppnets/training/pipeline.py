@@ -145,14 +145,15 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(str(err)) from err
 
 
-def check_memory(cfg: DictConfig, in_features: int, num_classes: int) -> None:
+def check_memory(cfg: DictConfig, in_features: int | None, num_classes: int | None) -> None:
     """Refuses a model whose training step would not fit in the memory this machine has left, for the data set's
-    input size and number of classes (a model config's own in_features / num_classes win, as when it is built)."""
+    input size and number of classes (a model config's own in_features / num_classes win, as when it is built; a
+    size nobody gives is the MLP's default, as it is then)."""
     model = OmegaConf.to_container(cfg.model, resolve=True)
     if model.get("kind") not in ("dense", "rpp", "hashed", "lowrank"):
         return  # the model's own checks name the bad value
-    sizes = {"in_features": model.get("in_features") or in_features,
-             "num_classes": model.get("num_classes") or num_classes}
+    given = {"in_features": in_features, "num_classes": num_classes}
+    sizes = {name: model.get(name) or given[name] for name in given if model.get(name) or given[name]}
     batch_size = cfg.data.get("batch_size", 128)
     needed = estimate_training_bytes(model, batch_size, **sizes)
     available = available_memory_bytes()
@@ -221,7 +222,7 @@ def _build_and_train(cfg: DictConfig, folder: RunFolder, config: dict, this_hash
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     # Build everything that can reject a value before the run folder is touched.
     datamodule = _build(cfg, "data")
-    check_memory(cfg, datamodule.in_features, datamodule.num_classes)  # before the model takes any memory
+    check_memory(cfg, getattr(datamodule, "in_features", None), getattr(datamodule, "num_classes", None))
     module = Classifier(_build(cfg, "model", **data_sizes(cfg.model, datamodule)), optimizer=_build(cfg, "optimizer"),
                         num_classes=getattr(datamodule, "num_classes", 10))
     if cfg.get("compile"):  # in place: the checkpoint's state_dict keys stay those of the eager network

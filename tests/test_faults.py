@@ -9,10 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
-
-from helpers import compose_train, descendants, epoch_rows
 from pytorch_lightning.loggers import WandbLogger
 
+from helpers import compose_train, descendants, epoch_rows
 from rppnets.training.classifier import DivergenceError
 from rppnets.training.loggers import ContainedWandbLogger, build_loggers, finish_wandb
 from rppnets.data import CorruptDataError, load_split

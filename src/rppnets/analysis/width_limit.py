@@ -201,7 +201,7 @@ def memory_check(method: str, width: int, batch_size: int) -> tuple[int, int | N
     cfg = OmegaConf.create({"model": model, "data": {"batch_size": batch_size}})
     estimate, available = estimate_training_bytes(model, batch_size), available_memory_bytes()
     try:
-        check_memory(cfg, IN_FEATURES, NUM_CLASSES)
+        check_memory(cfg, {"in_features": IN_FEATURES, "num_classes": NUM_CLASSES})
     except ConfigError as error:
         return estimate, available, str(error)
     return estimate, available, None

@@ -145,21 +145,19 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(str(err)) from err
 
 
-def check_memory(cfg: DictConfig, in_features: int | None, num_classes: int | None) -> None:
-    """Refuses a model whose training step would not fit in the memory this machine has left, for the data set's
-    input size and number of classes (a model config's own in_features / num_classes win, as when it is built; a
-    size nobody gives is the MLP's default, as it is then)."""
-    model = OmegaConf.to_container(cfg.model, resolve=True)
+def check_memory(cfg: DictConfig, sizes: dict) -> None:
+    """Refuses a model whose training step would not fit in the memory this machine has left, for the model as it
+    is built: its config and `sizes`, what the data set tells it (data_sizes)."""
+    model = OmegaConf.to_container(cfg.model, resolve=True) | sizes
     if model.get("kind") not in ("dense", "rpp", "hashed", "lowrank"):
         return  # the model's own checks name the bad value
-    given = {"in_features": in_features, "num_classes": num_classes}
-    sizes = {name: model.get(name) or given[name] for name in given if model.get(name) or given[name]}
+    shape = {name: model[name] for name in ("in_features", "num_classes") if name in model}  # else the MLP's own
     batch_size = cfg.data.get("batch_size", 128)
-    needed = estimate_training_bytes(model, batch_size, **sizes)
+    needed = estimate_training_bytes(model, batch_size, **shape)
     available = available_memory_bytes()
     if available is not None and needed > available:
         # name the keys that drive the estimate: the batch when most of it grows with the batch, else the model's
-        batch_part = needed - estimate_training_bytes(model, 1, **sizes)
+        batch_part = needed - estimate_training_bytes(model, 1, **shape)
         knobs = "model.k / model.width" if model.get("kind") != "dense" else "model.width"
         if batch_part > needed / 2:
             knobs = f"data.batch_size (now {batch_size}; most of the estimate grows with it) or {knobs}"
@@ -222,8 +220,9 @@ def _build_and_train(cfg: DictConfig, folder: RunFolder, config: dict, this_hash
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     # Build everything that can reject a value before the run folder is touched.
     datamodule = _build(cfg, "data")
-    check_memory(cfg, getattr(datamodule, "in_features", None), getattr(datamodule, "num_classes", None))
-    module = Classifier(_build(cfg, "model", **data_sizes(cfg.model, datamodule)), optimizer=_build(cfg, "optimizer"),
+    sizes = data_sizes(cfg.model, datamodule)
+    check_memory(cfg, sizes)  # before the model takes any memory
+    module = Classifier(_build(cfg, "model", **sizes), optimizer=_build(cfg, "optimizer"),
                         num_classes=getattr(datamodule, "num_classes", 10))
     if cfg.get("compile"):  # in place: the checkpoint's state_dict keys stay those of the eager network
         module.net.compile(mode=cfg.compile, fullgraph=True)

@@ -124,12 +124,13 @@ chaos: setup  ## faults at random moments of a small real job (kills, signals, d
 # results reach a figure or a table, and runs the fast tests that cover it; a mutant that no test notices survives.
 # Functions are picked by mutmut's mutant names (module.x_function__mutmut_N); `MUTATE='rppnets.data.*'` picks others.
 MUTATE_MODELS := 'rppnets.models.x_count_*' 'rppnets.models.x_rpp_trainable__*' 'rppnets.models.x_dense_trainable__*'
-MUTATE_REPORT := $(foreach f,read_job read_curve loss_band curve_rows final_train_loss mean_epoch_s summary_row \
-	summarize by_network state_counts _mean _present,'rppnets.analysis.report_data.x_$(f)__*')
+MUTATE_REPORT := $(foreach f,loss_band curve_rows final_train_loss mean_epoch_s summary_row summarize by_network \
+	_mean _present,'rppnets.analysis.report_data.x_$(f)__*') \
+	$(foreach f,read_job read_curve state_counts,'rppnets.records.jobs.x_$(f)__*')
 MUTATE_DATA := 'rppnets.data.batches.x*InMemoryBatches*' 'rppnets.data.idx.x_load_split__*' \
 	$(foreach f,setup train_dataloader val_dataloader test_dataloader state_dict,'rppnets.data.datamodule.x*InMemoryDataModule*$(f)__*')
-MUTATE_RUN_FOLDER := 'rppnets.training.run_folder.x_finite_or_none__*' 'rppnets.training.run_folder.x_file_digest__*' \
-	$(foreach f,finished_results digests set_aside write_json read_json_or_reason,'rppnets.training.run_folder.x*RunFolder*$(f)__*') \
+MUTATE_RUN_FOLDER := 'rppnets.records.run_folder.x_finite_or_none__*' 'rppnets.records.run_folder.x_file_digest__*' \
+	$(foreach f,finished_results digests set_aside write_json read_json_or_reason,'rppnets.records.run_folder.x*RunFolder*$(f)__*') \
 	$(foreach f,config_hash experiment_hash model_name run_name,'rppnets.training.pipeline.x_$(f)__*')
 MUTATE_PERMUTATION := $(foreach f,_mix _absorb round_keys feistel_bits round_shape _feistel permuted_rows index_dtype \
 	build_index random_index,'rppnets.layers.permutation.x_$(f)__*')

@@ -21,7 +21,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from rppnets.training.checkpointing import Preempted, requeue_slurm_job
 import rppnets.schemas  # noqa: F401  (registers the config schemas before Hydra composes)
 from rppnets.console import silence_known_noise
-from rppnets.training.run_folder import RESULTS, RunFolder
+from rppnets.records.run_folder import RESULTS, RunFolder
 from rppnets.training.sweep import SweepOutcome, job_dirname  # noqa: F401  (job_dirname: registers its resolver)
 from rppnets.training.pipeline import ConfigError, train
 

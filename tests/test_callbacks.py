@@ -11,7 +11,7 @@ from helpers import compose_train
 from rppnets.training.callbacks import peak_rss_bytes, reset_peak_rss
 from rppnets.training.classifier import Classifier
 from rppnets.training.cluster import cluster_environment
-from rppnets.analysis.memory import state_breakdown
+from rppnets.meters import state_breakdown
 from rppnets.layers.rpp_linear import index_storage
 
 

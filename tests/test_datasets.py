@@ -276,15 +276,15 @@ def test_a_run_on_cifar10_builds_its_model_for_3072_inputs(cifar_root, tmp_path,
 def test_the_memory_check_estimates_the_model_for_the_data_sets_inputs(cifar_root, tmp_path, monkeypatch):
     """On CIFAR-10 the first layer takes 3,072 inputs, not Fashion-MNIST's 784: with memory for the one but not the
     other, the run is refused before anything is written."""
-    from rppnets.training import pipeline
-    from rppnets.training.resources import estimate_training_bytes
+    from rppnets import resources
+    from rppnets.resources import estimate_training_bytes
 
     cfg = compose_train(["data=cifar10", f"data.root={cifar_root[0]}", "data.download=false", "data.val_size=20",
                          "trainer.max_epochs=1", "trainer.accelerator=cpu", "~callbacks.progress_bar", "logger=csv",
                          "model=dense", "model.width=2000"], output_dir=tmp_path / "run")
     model = OmegaConf.to_container(cfg.model, resolve=True)
     as_if_784, for_3072 = (estimate_training_bytes(model, cfg.data.batch_size, inputs, 10) for inputs in (784, 3072))
-    monkeypatch.setattr(pipeline, "available_memory_bytes", lambda: (as_if_784 + for_3072) // 2)
+    monkeypatch.setattr(resources, "available_memory_bytes", lambda: (as_if_784 + for_3072) // 2)
     with pytest.raises(ConfigError, match="needs about .* GiB to train"):
         train(cfg)
     assert not (tmp_path / "run").exists()

@@ -15,7 +15,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
 from helpers import compose_train, epoch_rows
-from rppnets.analysis.report_data import read_job
+from rppnets.records.jobs import read_job
 from rppnets.training.checkpointing import Preempted
 from rppnets.training.pipeline import ConfigError, train
 

@@ -15,7 +15,7 @@ from helpers import compose_train, descendants, epoch_rows
 from rppnets.training.classifier import DivergenceError
 from rppnets.training.loggers import ContainedWandbLogger, build_loggers, finish_wandb
 from rppnets.data import CorruptDataError, load_split
-from rppnets.training.run_folder import RunFolder, FolderBusyError
+from rppnets.records.run_folder import RunFolder, FolderBusyError
 from rppnets.training.sweep import MAX_DIRNAME, job_dirname
 from rppnets.training.pipeline import ConfigError, train
 

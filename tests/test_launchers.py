@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from pytorch_lightning import Callback
 
 from helpers import CONF_DIR, epoch_rows
-from rppnets.training.resources import threads_per_job
+from rppnets.resources import threads_per_job
 
 ROOT = Path(__file__).resolve().parents[1]
 

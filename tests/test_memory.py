@@ -9,10 +9,8 @@ from torch import nn
 
 from helpers import compose_train
 from rppnets.layers import cpu_kernels
-from rppnets.analysis.memory import (
-    STATE_PARTS, StepPeakMeter, main, measure_training, state_breakdown, state_bytes, sweep_configs,
-    tensor_attribute_bytes,
-)
+from rppnets.analysis.memory import main, measure_training, sweep_configs
+from rppnets.meters import STATE_PARTS, StepPeakMeter, state_breakdown, state_bytes, tensor_attribute_bytes
 from rppnets.layers.rpp_linear import RPPLinear, index_storage
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]

@@ -12,9 +12,8 @@ import pytest
 from matplotlib.collections import PolyCollection
 
 from rppnets.analysis import report
-from rppnets.analysis.report_data import (
-    LEGEND, Job, curve_rows, final_train_loss, load_sweep, loss_band, read_job, summarize, summary_row,
-)
+from rppnets.analysis.report_data import LEGEND, curve_rows, final_train_loss, load_sweep, loss_band, summarize, summary_row
+from rppnets.records.jobs import Job, read_job
 
 # network -> seed -> training loss per epoch (epochs 0, 1, 2 as Lightning numbers them)
 LOSSES = {

@@ -14,7 +14,7 @@ from helpers import compose_train
 from omegaconf import OmegaConf
 
 from rppnets.training import pipeline as training
-from rppnets.training.run_folder import RunFolder, finite_or_none
+from rppnets.records.run_folder import RunFolder, finite_or_none
 from rppnets.training.pipeline import config_hash, experiment_hash, run_hash, run_name, train
 
 

@@ -8,8 +8,8 @@ import torch
 
 from rppnets.analysis import width_limit
 from rppnets.analysis.width_limit import METHODS, measure_point, measured_bytes, model_config
-from rppnets.training import pipeline, resources
-from rppnets.training.resources import estimate_training_bytes, index_build_bytes
+from rppnets import resources
+from rppnets.resources import estimate_training_bytes, index_build_bytes
 
 RECORD = Path(__file__).resolve().parents[1] / "experiments" / "width_limit" / width_limit.CSV_NAME
 LIMIT = 1.5  # the estimate must stay within this factor of what is measured, either way
@@ -86,7 +86,7 @@ def test_every_refusal_of_the_record_is_still_a_refusal():
 
 @pytest.mark.parametrize("m", [784, 1000, 1030, 1500, 2049, 3000])
 def test_index_build_estimate_matches_the_measured_build(m):
-    from rppnets.analysis.memory import StepPeakMeter
+    from rppnets.meters import StepPeakMeter
     from rppnets.layers.permutation import build_index
 
     meter = StepPeakMeter("cpu")
@@ -112,8 +112,7 @@ def test_widths_and_configs_of_the_grid():
 def test_grid_stops_at_a_refusal_and_a_rerun_measures_nothing_again(tmp_path, monkeypatch):
     # 60 MB available: dense 1,000 (about 37 MB) trains, 2,000 (about 120 MB) is refused by the pipeline's own check,
     # and the midpoint 1,410 (about 70 MB) too
-    for module in (pipeline, resources):
-        monkeypatch.setattr(module, "available_memory_bytes", lambda: 60_000_000)
+    monkeypatch.setattr(resources, "available_memory_bytes", lambda: 60_000_000)
     rows = width_limit.run_grid(tmp_path, ["dense"], [1000, 2000, 4000], batch_size=32, budget_s=30, steps=1)
     assert [(row["width"], row["status"]) for row in rows] == [("1000", "ok"), ("2000", "refused"),
                                                                ("1410", "refused")]

@@ -86,7 +86,7 @@ _allocator_notice_spent = False
 def spend_allocator_notice() -> bool:
     """Spends c10's once-in-1000 notice about freed blocks of unknown size on a block of our own, unseen.
 
-    The memory meter (rppnets.analysis.memory) runs torch.profiler with profile_memory for a few steps. A block
+    The memory meter (rppnets.meters) runs torch.profiler with profile_memory for a few steps. A block
     allocated before it started and freed while it runs (the previous step's gradients, in its warm-up step) is one
     the allocator cannot size, and c10 writes "Memory block of unknown size was allocated before the profiling
     started" to stderr from C++, past any Python filter: for the first such block of the process and for every

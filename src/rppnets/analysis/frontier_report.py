@@ -20,7 +20,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
-from rppnets.analysis.report_data import read_curve
+from rppnets.records.jobs import read_curve
 
 METHOD_ORDER = ("rpp", "rpp_signed", "dense", "hashed", "lowrank")  # legend order; other networks follow by name
 PERMUTATION_ORDER = ("identity", "random", "stored", "shared", "generated")

@@ -20,9 +20,10 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from rppnets.analysis.report_data import (
-    CURVE_COLUMNS, STATES, SUMMARY_COLUMNS, Job, NoFinishedJobs, by_network, curve_rows, data_name, job_legend, legend,
-    load_sweep, loss_band, memory_points, read_memory_csv, run_settings, state_counts, summarize, title,
+    SUMMARY_COLUMNS, NoFinishedJobs, by_network, curve_rows, data_name, job_legend, legend, load_sweep, loss_band,
+    memory_points, read_memory_csv, run_settings, summarize, title,
 )
+from rppnets.records.jobs import CURVE_COLUMNS, STATES, Job, state_counts
 
 CURVE_HEADER = ["network", "seed", "epoch", *CURVE_COLUMNS.values()]
 MEMORY_CSV = "memory.csv"  # in the sweep folder, written by `python -m rppnets.analysis.memory --sweep SWEEP`

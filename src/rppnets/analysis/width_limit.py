@@ -98,7 +98,7 @@ def measure_point(method: str, width: int, batch_size: int = BATCH_SIZE, budget_
                   measured_steps: int = MEASURED_STEPS) -> dict:
     """Builds the MLP of (method, width), trains it a few steps with Adam on a random batch, and measures it.
 
-    Construction: its tensor peak (rppnets.analysis.memory.StepPeakMeter around MLP(...)) and time. Time: the
+    Construction: its tensor peak (rppnets.meters.StepPeakMeter around MLP(...)) and time. Time: the
     first step, then up to 3 more timed without the profiler (1 when the first takes over a third of the budget,
     none when it takes over 4 budgets); `step_s` is their median wall time, `step_cpu_s` the median CPU time of the
     process (all its threads: on a machine shared with other work, the part of the step that was this process's
@@ -108,7 +108,8 @@ def measure_point(method: str, width: int, batch_size: int = BATCH_SIZE, budget_
     import torch
     import torch.nn.functional as F
 
-    from rppnets.analysis.memory import StepPeakMeter, measure_training, state_breakdown
+    from rppnets.analysis.memory import measure_training
+    from rppnets.meters import StepPeakMeter, state_breakdown
     from rppnets.console import silence_known_noise
     from rppnets.models import MLP, count_trainable
 
@@ -190,21 +191,14 @@ def commit() -> str:
 
 
 def memory_check(method: str, width: int, batch_size: int) -> tuple[int, int | None, str | None]:
-    """(estimate, available, refusal): the project's own check (rppnets.training.pipeline.check_memory) of the
-    point's config, with the estimate and the available memory it compares; refusal is its message or None."""
-    from omegaconf import OmegaConf
-
-    from rppnets.training.pipeline import ConfigError, check_memory
-    from rppnets.training.resources import available_memory_bytes, estimate_training_bytes
+    """(estimate, available, refusal): the project's own check (rppnets.resources.memory_refusal, which a run makes
+    before it builds its model) of the point's config, with the estimate and the available memory it compares."""
+    from rppnets.resources import available_memory_bytes, estimate_training_bytes, memory_refusal
 
     model = model_config(method, width)
-    cfg = OmegaConf.create({"model": model, "data": {"batch_size": batch_size}})
     estimate, available = estimate_training_bytes(model, batch_size), available_memory_bytes()
-    try:
-        check_memory(cfg, {"in_features": IN_FEATURES, "num_classes": NUM_CLASSES})
-    except ConfigError as error:
-        return estimate, available, str(error)
-    return estimate, available, None
+    return estimate, available, memory_refusal(model | {"in_features": IN_FEATURES, "num_classes": NUM_CLASSES},
+                                               batch_size)
 
 
 def run_point(method: str, width: int, batch_size: int, budget_s: float, steps: int, available: int | None,

@@ -11,7 +11,7 @@ from pytorch_lightning.callbacks import RichProgressBar
 from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 
 from rppnets.checks import check_int
-from rppnets.analysis.memory import StepPeakMeter, state_bytes, tensor_attribute_bytes
+from rppnets.meters import StepPeakMeter, state_bytes, tensor_attribute_bytes
 from rppnets.models import count_dense_equivalent, count_trainable
 
 
@@ -84,7 +84,7 @@ class EpochTimer(pl.Callback):
 
 
 class MemoryStats(RunMetrics):
-    """Logs each run's memory once per quantity (measured as described in rppnets.analysis.memory):
+    """Logs each run's memory once per quantity (measured as described in rppnets.meters):
 
     - ``memory/data_bytes``: the resident data set (the datamodule's tensors), when fitting starts;
     - ``memory/state_bytes``: parameters, gradients, optimizer state, buffers and kept permutation indices,

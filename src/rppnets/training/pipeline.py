@@ -32,11 +32,11 @@ from rppnets.console import silence_known_noise
 from rppnets.training.classifier import Classifier
 from rppnets.training.cluster import cluster_environment
 from rppnets.training.loggers import build_loggers, finish_wandb, library_logging_errors_collapsed
-from rppnets.analysis.report_data import sweep_grid
-from rppnets.training.resources import available_memory_bytes, estimate_training_bytes, threads_per_job
+from rppnets.records.jobs import sweep_grid
+from rppnets.resources import memory_refusal, threads_per_job
 from rppnets.training.history import RunHistory, replay
 from rppnets.training.resume import ResumePoint, find_resume_point
-from rppnets.training.run_folder import CHECKPOINT, METRICS_CSV, RESULTS, STATE, WANDB, FolderNotWritableError, \
+from rppnets.records.run_folder import CHECKPOINT, METRICS_CSV, RESULTS, STATE, WANDB, FolderNotWritableError, \
     RunFolder
 
 
@@ -149,22 +149,8 @@ def check_memory(cfg: DictConfig, sizes: dict) -> None:
     """Refuses a model whose training step would not fit in the memory this machine has left, for the model as it
     is built: its config and `sizes`, what the data set tells it (data_sizes)."""
     model = OmegaConf.to_container(cfg.model, resolve=True) | sizes
-    if model.get("kind") not in ("dense", "rpp", "hashed", "lowrank"):
-        return  # the model's own checks name the bad value
-    shape = {name: model[name] for name in ("in_features", "num_classes") if name in model}  # else the MLP's own
-    batch_size = cfg.data.get("batch_size", 128)
-    needed = estimate_training_bytes(model, batch_size, **shape)
-    available = available_memory_bytes()
-    if available is not None and needed > available:
-        # name the keys that drive the estimate: the batch when most of it grows with the batch, else the model's
-        batch_part = needed - estimate_training_bytes(model, 1, **shape)
-        knobs = "model.k / model.width" if model.get("kind") != "dense" else "model.width"
-        if batch_part > needed / 2:
-            knobs = f"data.batch_size (now {batch_size}; most of the estimate grows with it) or {knobs}"
-        raise ConfigError(
-            f"model (kind={model.get('kind')}, width={model.get('width')}, k={model.get('k', 1)}, "
-            f"depth={model.get('depth')}) needs about {needed / 2**30:.1f} GiB to train, but this machine has "
-            f"{available / 2**30:.1f} GiB available; lower {knobs}")
+    if (refusal := memory_refusal(model, cfg.data.get("batch_size", 128))) is not None:
+        raise ConfigError(refusal)
 
 
 def configure_threads() -> int | None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from rppnets.analysis.report_data import job_folders, read_job, state_counts
+from rppnets.records.jobs import job_folders, read_job, state_counts
 
 MAX_DIRNAME = 60  # characters of the overrides kept in a job folder's name
 

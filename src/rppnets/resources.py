@@ -141,3 +141,24 @@ def threads_per_job(n_jobs: int | None, jobs_in_sweep: int | None = None) -> int
     if jobs_in_sweep:
         jobs = min(jobs, jobs_in_sweep)
     return max(1, cores // jobs)
+
+
+def memory_refusal(model: dict, batch_size: int) -> str | None:
+    """Why a model (its config, with the data set's `in_features` and `num_classes` where known) cannot train here:
+    its step would not fit in the memory this machine has left; None if it fits or is not one of the MLP's kinds
+    (the model's own checks name a bad value)."""
+    if model.get("kind") not in ("dense", "rpp", "hashed", "lowrank"):
+        return None
+    shape = {name: model[name] for name in ("in_features", "num_classes") if name in model}  # else the MLP's own
+    needed = estimate_training_bytes(model, batch_size, **shape)
+    available = available_memory_bytes()
+    if available is None or needed <= available:
+        return None
+    # name the keys that drive the estimate: the batch when most of it grows with the batch, else the model's
+    batch_part = needed - estimate_training_bytes(model, 1, **shape)
+    knobs = "model.k / model.width" if model.get("kind") != "dense" else "model.width"
+    if batch_part > needed / 2:
+        knobs = f"data.batch_size (now {batch_size}; most of the estimate grows with it) or {knobs}"
+    return (f"model (kind={model.get('kind')}, width={model.get('width')}, k={model.get('k', 1)}, "
+            f"depth={model.get('depth')}) needs about {needed / 2**30:.1f} GiB to train, but this machine has "
+            f"{available / 2**30:.1f} GiB available; lower {knobs}")

@@ -9,6 +9,7 @@ import random
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,29 @@ from rppnets.training.history import RunHistory
 STOP_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2,
                 signal.SIGALRM, signal.SIGXCPU)
 PREVIOUS = "previous.ckpt"  # the checkpoint before last.ckpt, kept beside it: a damaged last.ckpt falls back to it
+
+
+class Attempts:
+    """The attempts of one run: those before (from the checkpoint resumed) and this one, each with its thread count
+    and the seconds it trained up to its last checkpoint (time after that is redone by the next attempt)."""
+
+    def __init__(self, earlier: list[dict], threads: int, resumed_at_step: int | None):
+        self.earlier = [dict(attempt) for attempt in earlier]
+        self.current = {"torch_threads": threads, "resumed_at_step": resumed_at_step, "wall_s": 0.0}
+        self.started = time.perf_counter()
+
+    def up_to_now(self) -> list[dict]:
+        """Every attempt, this one with its time so far."""
+        return self.earlier + [self.current | {"wall_s": time.perf_counter() - self.started}]
+
+    def thread_change(self) -> str | None:
+        """Why this attempt's numbers may differ in the last digits from an uninterrupted run's: earlier attempts
+        ran at another thread count (floating-point sums of BLAS and oneDNN then go in another order)."""
+        others = sorted({a["torch_threads"] for a in self.earlier} - {self.current["torch_threads"]})
+        if not others:
+            return None
+        return (f"resuming at {self.current['torch_threads']} threads where earlier attempts ran at "
+                f"{', '.join(map(str, others))}: the results will differ from an uninterrupted run's in the last digits")
 
 
 class CheckpointError(RuntimeError):
@@ -130,6 +154,7 @@ class LastCheckpoint(Checkpoint):
                                     else check_int("every_n_train_steps", every_n_train_steps, 1))
         self.signals: StopSignals | None = None  # set by train() while the run is protected
         self.identity: dict | None = None  # set by train(): stamped on every checkpoint (config hash, run, W&B id)
+        self.attempts: Attempts | None = None  # set by train(): each attempt's threads and time up to the checkpoint
         self.fit_metrics: dict[str, float] = {}
 
     def save(self, trainer: pl.Trainer) -> None:
@@ -142,7 +167,8 @@ class LastCheckpoint(Checkpoint):
         # the run's identity and its logged history up to this point: what resuming checks and rebuilds from
         history = next((lg for lg in trainer.loggers if isinstance(lg, RunHistory)), None)
         checkpoint["run"] = {"identity": self.identity,
-                             "history": [dict(row) for row in history.rows] if history is not None else None}
+                             "history": [dict(row) for row in history.rows] if history is not None else None,
+                             "attempts": self.attempts.up_to_now() if self.attempts is not None else []}
 
     def on_train_start(self, trainer, pl_module):
         if self.signals is not None:

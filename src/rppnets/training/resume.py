@@ -18,6 +18,7 @@ class ResumePoint:
     progress: dict  # epochs_done, global_step, mid_epoch
     identity: dict  # config_hash, run_name, wandb_id, config
     history: list[dict] = field(default_factory=list)  # the logged rows up to the checkpoint
+    attempts: list[dict] = field(default_factory=list)  # the attempts that trained up to it (threads, time)
 
 
 def find_resume_point(candidates: list[Path], identity: dict, module: torch.nn.Module
@@ -41,8 +42,9 @@ def find_resume_point(candidates: list[Path], identity: dict, module: torch.nn.M
                 keys = differing_keys(stamp.get("config") or {}, identity["config"])
                 raise CheckpointError(f"{path} holds another run ({'; '.join(keys) or 'its config hash differs'})")
             _check_shapes(path, checkpoint.get("state_dict") or {}, module.state_dict())
-            history = (checkpoint.get("run") or {}).get("history")
-            return ResumePoint(path, checkpoint_progress(checkpoint), stamp, list(history or [])), refused
+            run = checkpoint.get("run") or {}
+            return ResumePoint(path, checkpoint_progress(checkpoint), stamp, list(run.get("history") or []),
+                               list(run.get("attempts") or [])), refused
         except CheckpointError as err:
             refused[path] = str(err)
     return None, refused

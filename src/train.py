@@ -1,7 +1,6 @@
 """Hydra entry point: `python src/train.py model=rpp model.k=100` trains one network (add -m to sweep)."""
 
 import os
-import shlex
 import shutil
 import signal
 import sys
@@ -20,7 +19,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from rppnets.training.checkpointing import Preempted, requeue_slurm_job
 import rppnets.schemas  # noqa: F401  (registers the config schemas before Hydra composes)
-from rppnets.console import silence_known_noise
+from rppnets.console import hydra_value, program, shell_line, shell_word, silence_known_noise
 from rppnets.records.run_folder import RESULTS, RunFolder
 from rppnets.training.sweep import SweepOutcome, job_dirname  # noqa: F401  (job_dirname: registers its resolver)
 from rppnets.training.pipeline import ConfigError, train
@@ -73,18 +72,23 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def stop_line(signum: int, folder: Path, multirun: bool, requeued: bool = False) -> str:
-    """The one line a stopped run prints: which signal, where its checkpoint is, and how it resumes."""
-    stopped = f"stopped by {signal.Signals(signum).name}; checkpoint in {shlex.quote(str(folder))}; "
+    """The one line a stopped run prints: which signal, the checkpoint it resumes from (or that none was written yet:
+    it starts afresh), and the command that goes on with it, which a shell and then Hydra read back as printed."""
+    run = RunFolder(folder)
+    checkpoint = next((path for path in (run.checkpoint_path, run.previous_checkpoint_path) if path.is_file()), None)
+    stopped = f"stopped by {signal.Signals(signum).name}; " + (
+        f"checkpoint {shell_word(checkpoint)}; " if checkpoint else "no checkpoint yet, so it starts afresh; ")
     if requeued:
-        return stopped + "SLURM requeued the job: it resumes from there when it starts again"
+        return stopped + "SLURM requeued the job: it goes on when it starts again"
+    again = "resume: " if checkpoint else "run again: "
     if multirun and submitit_job():  # this process is submitit's worker: its argv is not the sweep's command
-        return stopped + "resume: run the sweep's command again (finished jobs are skipped)"
+        return stopped + again + "run the sweep's command again (finished jobs are skipped)"
     if multirun:  # the same sweep command: finished jobs are skipped, this one resumes
-        command = shlex.join([Path(sys.executable).name, *sys.argv])
+        command = shell_line([program(), *sys.argv])
     else:
         overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("hydra.run.dir=")]
-        command = shlex.join([Path(sys.executable).name, sys.argv[0], *overrides, f"hydra.run.dir={folder}"])
-    return stopped + f"resume: {command}"
+        command = shell_line([program(), sys.argv[0], *overrides, f"hydra.run.dir={hydra_value(folder)}"])
+    return stopped + again + command
 
 
 def submitit_job() -> bool:
@@ -99,13 +103,12 @@ def ddp_rank_command(local_rank: int) -> tuple[list[str], str]:
 
     Replaces Lightning's own, which reruns ``sys.argv`` with ``hydra.run.dir``: in a multirun every rank would start
     the whole sweep again, and in a joblib or submitit worker ``sys.argv`` is the worker's, not this script's.
-    The run folder is quoted: job folder names hold ``=`` and ``,``.
+    The run folder is quoted for Hydra: job folder names hold ``=`` and ``,``.
     """
     hydra_cfg = HydraConfig.get()
-    output_dir = hydra_cfg.runtime.output_dir.replace("\\", "\\\\").replace('"', '\\"')
     command = [sys.executable, str(SCRIPT), *hydra_cfg.overrides.task, "hydra.mode=RUN",
-               f'hydra.run.dir="{output_dir}"', f"hydra.job.name={hydra_cfg.job.name}_ddp_rank{local_rank}",
-               "hydra.output_subdir=null"]
+               f"hydra.run.dir={hydra_value(hydra_cfg.runtime.output_dir)}",
+               f"hydra.job.name={hydra_cfg.job.name}_ddp_rank{local_rank}", "hydra.output_subdir=null"]
     return command, hydra_cfg.runtime.cwd
 
 

@@ -14,7 +14,8 @@ import pytest
 import torch
 from helpers import write_idx
 
-from rppnets.data import FASHION_MNIST, CorruptDataError, DataNotFoundError, FashionMNISTDataModule, InMemoryBatches, load_split
+from rppnets.data import (FASHION_MNIST, CorruptDataError, DataNotFoundError, DataNotReadableError,
+                          FashionMNISTDataModule, InMemoryBatches, load_split)
 
 TRAIN_ROWS, TEST_ROWS = 300, 50
 TRAIN_FILE, TEST_FILE = 1, 2  # pixel (0, 0) of every image of each file
@@ -233,8 +234,8 @@ def test_a_split_whose_files_do_not_fit_is_refused_by_name(tmp_path):
     write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.zeros(4, dtype=np.uint8))
     with pytest.raises(CorruptDataError, match=f"^{tmp_path}: 5 t10k images but 4 labels$"):
         load_split(tmp_path, train=False, verify_md5=False)
-    with pytest.raises(CorruptDataError, match="train-images-idx3-ubyte.gz is corrupt"):
-        load_split(tmp_path, train=True, verify_md5=False)
+    with pytest.raises(DataNotReadableError, match="train-images-idx3-ubyte.gz cannot be read: No such file"):
+        load_split(tmp_path, train=True, verify_md5=False)  # missing, not corrupt
 
 
 def test_setup_puts_every_split_on_the_trainers_device_once(traced_root):

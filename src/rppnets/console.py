@@ -1,4 +1,5 @@
-"""A run's console: the known, harmless messages of the libraries silenced, each matched by its own text.
+"""A run's console: the known, harmless messages of the libraries silenced, each matched by its own text; and the
+paths and commands it prints, quoted so that each can be pasted.
 
 A run prints where its data came from, a progress bar, its resume line and its closing summary; a warning should
 mean a real problem. Each entry below says why its message is harmless here. Anything not listed still prints.
@@ -6,8 +7,13 @@ mean a real problem. Each entry below says why its message is harmless here. Any
 
 import logging
 import os
+import re
+import shlex
+import shutil
 import sys
 import warnings
+from collections.abc import Iterable
+from pathlib import Path
 
 # Kineto (torch.profiler, which the memory meter runs for a few steps) prints "USDT: profiler_start/stop" at its
 # highest message level, 5 (and, on a machine without a GPU, an ERROR that it found none); a minimum level of 6 is
@@ -127,3 +133,59 @@ def silence_known_noise() -> None:
     for name in _FILTERS:
         _install_log_filter(name)
     spend_allocator_notice()
+
+
+def shell_word(word: str | Path) -> str:
+    """`word` (a path, an argument) as one word of a shell line: quoted where the shell would split or expand it."""
+    return shlex.quote(str(word))
+
+
+def shell_line(words: Iterable[str | Path]) -> str:
+    """A command line that a shell runs as these very words."""
+    return " ".join(shell_word(word) for word in words)
+
+
+def program(name: str | None = None) -> str:
+    """This interpreter (`name` None), or the program `name` installed beside it (``wandb``), as the first word of a
+    printed command: its name where the shell finds this very one by it, its whole path otherwise (a virtual
+    environment that is not active)."""
+    path = sys.executable if name is None else str(Path(sys.executable).parent / name)
+    short = Path(path).name
+    return short if shutil.which(short) == path else path
+
+
+def file_named(path: str | Path) -> str:
+    """`path` for a printed line, quoted as a shell word, and said to be missing where nothing is there."""
+    return shell_word(path) + ("" if os.path.lexists(path) else " (missing)")
+
+
+# What Hydra's override grammar reads unquoted as a string of these very characters: letters, digits, / . _ - : + @ %
+# (a value that reads as something else, a number, a bool or null, is quoted too).
+_HYDRA_PLAIN = re.compile(r"[A-Za-z0-9_./:+@%-]+")
+
+
+def hydra_value(value: str | Path) -> str:
+    """`value` as the right-hand side of a Hydra override (``key=<this>``) that Hydra reads back as this very string.
+
+    As it is where the grammar takes it unquoted; otherwise in double quotes, with OmegaConf's escape before ``${``
+    (a run of n backslashes there becomes 2n + 1) and Hydra's: ``\\"`` for a quote, and the backslashes right before
+    a quote or the closing one doubled. Spaces, quotes, ``=``, ``,``, ``$``, backslashes and any Unicode then read back
+    as they are. A shell line needs shell_word() around the whole override as well.
+    """
+    value = str(value)
+    if _HYDRA_PLAIN.fullmatch(value) and _hydra_reads(value) == value:
+        return value
+    value = re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", value)  # OmegaConf: not an interpolation
+    value = re.sub(r'(\\*)("|\Z)', lambda m: m.group(1) * 2 + ("\\" + m.group(2) if m.group(2) else ""), value)
+    return f'"{value}"'
+
+
+def _hydra_reads(value: str):
+    """What Hydra's override parser makes of ``key=<value>``; None where it cannot parse it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        return OverridesParser.create().parse_override(f"key={value}").value()
+    except HydraException:
+        return None

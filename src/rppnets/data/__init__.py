@@ -11,7 +11,7 @@ dataset class; one seeded split and one resumable batch order for all of them.
 
 from rppnets.data.batches import InMemoryBatches
 from rppnets.data.datamodule import InMemoryDataModule, announce
-from rppnets.data.errors import CorruptDataError, DataNotFoundError
+from rppnets.data.errors import CorruptDataError, DataNotFoundError, DataNotReadableError
 from rppnets.data.idx import DATASETS, FASHION_MNIST, KMNIST, MNIST, IDXDataset, idx_dataset, load_split, read_idx
 from rppnets.data.idx_datamodule import SYSTEM_DIR, FashionMNISTDataModule, IDXDataModule
 from rppnets.data.sources import DEFAULT_ROOT, Source, download_files, find_files, folder_with_files
@@ -19,7 +19,7 @@ from rppnets.data.torchvision_dataset import TorchvisionDataModule
 
 __all__ = [
     "DATASETS", "DEFAULT_ROOT", "FASHION_MNIST", "KMNIST", "MNIST", "SYSTEM_DIR", "CorruptDataError",
-    "DataNotFoundError", "FashionMNISTDataModule", "IDXDataModule", "IDXDataset", "InMemoryBatches",
-    "InMemoryDataModule", "Source", "TorchvisionDataModule", "announce", "download_files", "find_files",
-    "folder_with_files", "idx_dataset", "load_split", "read_idx",
+    "DataNotFoundError", "DataNotReadableError", "FashionMNISTDataModule", "IDXDataModule", "IDXDataset",
+    "InMemoryBatches", "InMemoryDataModule", "Source", "TorchvisionDataModule", "announce", "download_files",
+    "find_files", "folder_with_files", "idx_dataset", "load_split", "read_idx",
 ]

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rppnets.data.errors import CorruptDataError
+from rppnets.data.errors import CorruptDataError, DataNotReadableError
 
 # The four files of each data set, under the same names in all three (torchvision's resources).
 FILE_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -140,6 +140,9 @@ def read_idx(path: Path, verify_md5: bool = True, dataset: IDXDataset = FASHION_
     fix = fix_hint(dataset)
     try:
         archive = Path(path).read_bytes()
+    except OSError as err:  # the bytes were never seen: permission, the disk; not damage
+        raise DataNotReadableError.from_os_error(path, err) from err
+    try:
         content = gzip.decompress(archive)
     except (OSError, EOFError, zlib.error) as err:  # any damage to the archive (BadGzipFile is an OSError)
         raise CorruptDataError(f"{path} is corrupt: {err}. {fix}") from err

@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from rppnets.training.checkpointing import AtomicCheckpointIO, LastCheckpoint, Preempted, RandomStates, StopSignals
 from rppnets.training.callbacks import RunMetrics
 from rppnets.checks import check_int
-from rppnets.console import silence_known_noise
+from rppnets.console import file_named, program, shell_line, shell_word, silence_known_noise
 from rppnets.training.classifier import Classifier
 from rppnets.training.cluster import cluster_environment
 from rppnets.training.loggers import build_loggers, finish_wandb, library_logging_errors_collapsed
@@ -375,8 +375,20 @@ def print_summary(results: dict, output_dir: Path, wandb_dir: str | None) -> Non
     print(f"\n{results['run_name']} finished in {m['time/wall_s']:.1f} s")
     print("  " + "  ".join(f"{key} {m[key]:,}" if isinstance(m[key], int) else f"{key} {m[key]:.4g}"
                            for key in shown if m.get(key) is not None))
-    print(f"  run folder: {output_dir}")
-    print(f"  metrics CSV: {output_dir / results['csv']}")
+    print(f"  run folder: {file_named(output_dir)}")
+    print(f"  metrics CSV: {file_named(output_dir / results['csv'])}")
     if wandb_dir:
-        run_dir = Path(wandb_dir).parent
-        print(f"  W&B run: {run_dir}  (look: wandb leet {run_dir}; upload: wandb sync {run_dir})")
+        print(wandb_line(Path(wandb_dir).parent))
+
+
+def wandb_line(run_dir: Path) -> str:
+    """The summary's W&B line: the run's folder and the commands that show it and (offline) upload it.
+
+    W&B makes its run folder when it starts, online or offline; a disabled W&B names one that it never makes.
+    """
+    if not run_dir.is_dir():
+        return "  W&B run: none on disk (W&B was disabled)"
+    look = f"look: {shell_line([program('wandb'), 'leet', run_dir])}"
+    if run_dir.name.startswith("offline-run-"):  # an online run is uploaded as it goes
+        look += f"; upload: {shell_line([program('wandb'), 'sync', run_dir])}"
+    return f"  W&B run: {shell_word(run_dir)}  ({look})"

@@ -1,0 +1,172 @@
+"""Every command a run prints runs as printed when pasted into a shell, and every file it names is there (or is said
+not to be): the stop line's rerun and resume commands, the summary's W&B hints, the data errors."""
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from chaos import command, environment
+from helpers import compose_train, descendants
+from rppnets.console import file_named, hydra_value, shell_line
+from rppnets.data import DataNotReadableError, read_idx
+from rppnets.training.pipeline import train
+
+ROOT = Path(__file__).resolve().parents[1]
+# A run folder's name with what a shell and Hydra's override grammar each read specially: spaces, both quotes, = and ,
+# (Hydra's sweep and key separators), $ (the shell's), a backslash, and letters beyond ASCII.
+AWKWARD = "run a'b\"c=d,e $HOME é\\x"
+NAMES = [AWKWARD, "plain/path_1.0", "1e3", "true", "null", "a,b", "a=b", "sp ace", "it's", 'say "hi"', "ends\\",
+         "\\\"", "$x", "${x}", "\\${x}", "é日本", "", "(a)[b]{c}", "a:b@c%d+e", "~user", "tab\there"]
+
+
+def words(line: str) -> list[str]:
+    """The words a shell makes of `line` (bash, for real)."""
+    done = subprocess.run(["bash", "-c", "printf '%s\\0' " + line], capture_output=True, text=True, check=True)
+    return done.stdout.split("\0")[:-1]
+
+
+def test_hydra_reads_each_quoted_value_back_as_it_was():
+    parser = OverridesParser.create()
+    for name in NAMES:
+        override = f"hydra.run.dir={hydra_value(name)}"
+        (pasted,) = words(shell_line([override]))  # through a shell first, as a printed command is
+        value = parser.parse_override(pasted).value()
+        node = OmegaConf.create({"dir": None})
+        OmegaConf.update(node, "dir", value)  # Hydra sets the value into the config, where ${...} would resolve
+        assert node.dir == name, (name, pasted)
+    assert hydra_value("/runs/a/b_1.0") == "/runs/a/b_1.0"  # a plain path prints as it is
+
+
+def test_a_named_file_is_quoted_and_said_missing_when_it_is_not_there(tmp_path):
+    there = tmp_path / AWKWARD
+    there.mkdir()
+    assert words(file_named(there)) == [str(there)]
+    assert file_named(tmp_path / "gone") == f"{tmp_path / 'gone'} (missing)"
+
+
+def sigterm_caught(pid: int) -> bool:
+    """Whether the process has a handler of its own for SIGTERM (the run's stop handler is in)."""
+    caught = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("SigCgt:"))
+    return bool(int(caught.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
+
+
+def train_process(process: subprocess.Popen) -> int:
+    """The training process of a pasted line: bash itself, where it ran the line's one command in its place."""
+    for pid in [process.pid, *descendants(process.pid)]:
+        if b"src/train.py" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return pid
+    raise AssertionError("no training process")
+
+
+def stop(process: subprocess.Popen, ready) -> str:
+    """SIGTERM to the run of `process` once `ready()`, checked still running then; its output, its stop line last."""
+    deadline = time.monotonic() + 300
+    while not ready():
+        assert process.poll() is None, f"the run ended before it was stopped:\n{process.communicate()[0]}"
+        assert time.monotonic() < deadline, "the run never got ready to be stopped"
+        time.sleep(0.02)
+    assert process.poll() is None  # still running when the signal lands
+    os.kill(train_process(process), signal.SIGTERM)
+    output = process.communicate(timeout=300)[0]
+    assert process.returncode == 128 + signal.SIGTERM, output
+    assert "received SIGTERM: stopping at the next safe point" in output  # the run's handler caught it, running
+    return output
+
+
+def paste(line: str, **popen) -> subprocess.Popen:
+    """The printed command line, pasted into a shell as it is."""
+    return subprocess.Popen(["bash", "-c", line], cwd=ROOT, env=environment(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **popen)
+
+
+@pytest.mark.slow
+def test_the_stop_lines_commands_run_as_printed(fake_root, tmp_path):
+    folder = tmp_path / AWKWARD
+    first = [f"hydra.run.dir={hydra_value(folder)}" if arg.startswith("hydra.run.dir=") else arg
+             for arg in command(fake_root, folder)]
+    run = subprocess.Popen(first, cwd=ROOT, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True)
+    # Stopped before its first step: as soon as its stop handler is in (it trains nothing before that).
+    output = stop(run, lambda: sigterm_caught(run.pid))
+    assert not (folder / "checkpoints" / "last.ckpt").exists()
+    afresh = re.search(r"^stopped by SIGTERM; no checkpoint yet, so it starts afresh; run again: (.+)$", output, re.M)
+    assert afresh, output
+
+    rerun = paste(afresh[1])  # runs in the same folder, from the start; stopped once its first checkpoint is saved
+    output = stop(rerun, lambda: (folder / "checkpoints" / "last.ckpt").exists())
+    assert "starting afresh" in output and "resuming" not in output
+    resume = re.search(r"^stopped by SIGTERM; checkpoint (.+?); resume: (.+)$", output, re.M)
+    assert resume, output
+    assert words(resume[1]) == [str(folder / "checkpoints" / "last.ckpt")]
+
+    resumed = paste(resume[2])
+    output = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0, output
+    assert re.search(r"^\S+: resuming from epoch \d of 3 \(.*step \d+\) with ", output, re.M), output
+    summary = output[output.index(" finished in "):]
+    (run_folder,) = re.findall(r"^  run folder: (.+)$", summary, re.M)
+    (csv_file,) = re.findall(r"^  metrics CSV: (.+)$", summary, re.M)
+    assert words(run_folder) == [str(folder)] and words(csv_file) == [str(folder / "csv" / "metrics.csv")]
+    assert Path(words(csv_file)[0]).is_file()
+    hints = re.search(r"^  W&B run: (.+)  \(look: (.+); upload: (.+)\)$", summary, re.M)
+    assert hints, summary
+    (wandb_run,) = words(hints[1])
+    assert Path(wandb_run).parent == folder / "wandb" and list(Path(wandb_run).glob("*.wandb"))
+    for hint, verb in ((hints[2], "leet"), (hints[3], "sync")):  # not run: leet draws a screen, sync needs a server
+        program, *args = words(hint)
+        assert shutil.which(program) and Path(program).name == "wandb" and args == [verb, wandb_run], hint
+
+
+def test_a_disabled_wandb_is_said_so_and_no_folder_is_named(fake_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    train(compose_train(["model.width=16", "logger=wandb"], output_dir=tmp_path, fake_root=fake_root))
+    summary = capsys.readouterr().out.split(" finished in ")[1].splitlines()
+    assert "  W&B run: none on disk (W&B was disabled)" in summary
+    named = [re.fullmatch(r"  (run folder|metrics CSV): (.+)", line) for line in summary]
+    assert [Path(words(m[2])[0]).exists() for m in named if m] == [True, True]
+    assert not (tmp_path / "wandb").exists()
+
+
+UNREADABLE = """
+import sys
+from pathlib import Path
+from rppnets.data import load_split
+try:
+    load_split(Path(sys.argv[1]), train=True, verify_md5=False)
+except Exception as err:
+    print(f"{type(err).__name__}: {err}")
+"""
+
+
+def test_a_data_file_without_read_permission_is_said_so_by_name(fake_root, tmp_path):
+    raw = tmp_path / "FashionMNIST" / "raw"
+    shutil.copytree(fake_root / "FashionMNIST" / "raw", raw)
+    locked = raw / "train-labels-idx1-ubyte.gz"
+    locked.chmod(0)
+    # root reads any file whatever its mode: the reader runs without the capabilities that let it (still as root, so
+    # the rest of its files, pytest's own folders among them, stay readable)
+    prefix = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root, and no setpriv to drop the capabilities that read any file")
+        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    done = subprocess.run([*prefix, sys.executable, "-c", UNREADABLE, str(raw)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.stdout.startswith(f"DataNotReadableError: {locked} cannot be read: permission denied (user "), \
+        done.stdout + done.stderr
+    assert "corrupt" not in done.stdout and "make data" not in done.stdout
+
+
+def test_other_failures_to_read_a_data_file_say_their_cause(tmp_path):
+    with pytest.raises(DataNotReadableError, match=f"^{re.escape(str(tmp_path))} cannot be read: Is a directory "
+                                                   r"\(EISDIR\)\.$"):
+        read_idx(tmp_path)

@@ -28,6 +28,9 @@ from rppnets.training.history import RunHistory
 STOP_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2,
                 signal.SIGALRM, signal.SIGXCPU)
 PREVIOUS = "previous.ckpt"  # the checkpoint before last.ckpt, kept beside it: a damaged last.ckpt falls back to it
+# A run that has not reached its safe point this long after a stop signal stops at once, as if the signal came twice:
+# one signal always stops a run, even one stuck in a wait that never ends.
+STOP_GRACE_S = 10
 
 
 class Attempts:
@@ -102,19 +105,28 @@ def _write_error(path: Path, err: Exception) -> OSError:
 
 
 class StopSignals:
-    """Catches STOP_SIGNALS while installed and remembers the first; the training loop checks it between steps."""
+    """Catches STOP_SIGNALS while installed and remembers the first; the training loop checks it between steps. A run
+    still going STOP_GRACE_S after the first stops at once (the timer's SIGALRM is the signal again), until `settle`."""
 
     def __init__(self):
         self.received: int | None = None
+        self.settled = False
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum, frame) -> None:
         if self.received is None:
             self.received = signum
+            if not self.settled:
+                signal.setitimer(signal.ITIMER_REAL, STOP_GRACE_S)
             print(f"\nreceived {signal.Signals(signum).name}: stopping at the next safe point (a checkpoint after "
-                  "this step); send it again to stop at once", flush=True)
-        else:  # asked twice: stop now, from the last checkpoint saved
+                  f"this step, at most {STOP_GRACE_S} s away); send it again to stop at once", flush=True)
+        else:  # asked twice, or the safe point did not come in time: stop now, from the last checkpoint saved
             raise Preempted(self.received)
+
+    def settle(self) -> None:
+        """The run is at its end (recording how it ended): a stop signal's timer no longer stops it there."""
+        self.settled = True
+        signal.setitimer(signal.ITIMER_REAL, 0)
 
     def check(self) -> None:
         """A safe point outside training (before fitting, between test batches): stop here if a signal came."""
@@ -133,6 +145,7 @@ class StopSignals:
             signal.signal(signum, self._handle)
 
     def __exit__(self, *exc) -> None:
+        signal.setitimer(signal.ITIMER_REAL, 0)
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
 

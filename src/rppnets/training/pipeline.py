@@ -29,6 +29,7 @@ from rppnets.training.checkpointing import AtomicCheckpointIO, LastCheckpoint, P
 from rppnets.training.callbacks import RunMetrics
 from rppnets.checks import check_int
 from rppnets.console import file_named, program, shell_line, shell_word, silence_known_noise
+from rppnets.training.bounded import MemoryReserve, bounded_thread_starts, failure_text
 from rppnets.training.classifier import Classifier
 from rppnets.training.cluster import cluster_environment
 from rppnets.training.loggers import build_loggers, finish_wandb, library_logging_errors_collapsed
@@ -196,7 +197,8 @@ def train(cfg: DictConfig) -> dict:
         print(f"{results['run_name']}: already finished in {folder.path}; left as it is "
               "(skip_finished=false trains it again, afresh)")
         return results["metrics"]
-    with StopSignals() as signals, library_logging_errors_collapsed():  # every stop signal ends at a safe point
+    # every stop signal ends at a safe point; no wait on a thread that could not start goes on without end
+    with StopSignals() as signals, library_logging_errors_collapsed(), bounded_thread_starts():
         return _build_and_train(cfg, folder, config, this_hash, signals)
 
 
@@ -289,20 +291,22 @@ def _train(cfg: DictConfig, folder: RunFolder, config: dict, this_hash: str, wri
         print(f"{cfg.run_name}: resuming from epoch {progress['epochs_done']} of {cfg.trainer.max_epochs} "
               f"({where}step {progress['global_step']}) with {point.path}")
     config["config_hash"] = this_hash  # the W&B run carries the run's identity too
-    loggers = build_loggers(cfg.get("logger"), config, wandb_id=identity["wandb_id"], resume=point is not None)
-    history = next((lg for lg in loggers if isinstance(lg, RunHistory)), None)
-    if history is None:  # every run keeps its history: checkpoints carry it, the CSV is written from it
-        history = RunHistory(folder.path)
-        loggers.append(history)
-    history.identity = {key: identity[key] for key in ("config_hash", "run_name", "wandb_id")}
-    if point is not None and writer:
-        history.restore(point.history)
-        history.save()
-        replay(point.history, [lg for lg in loggers if isinstance(lg, WandbLogger) and _offline(lg)])
-    started = time.perf_counter()  # after logging is up: a slow W&B start is not training time
     failure: BaseException | None = None
     wandb_dir = None
+    phase = "starting"  # named in a failure's record: starting, training, testing, finishing
+    reserve = MemoryReserve()  # given back when the run ends: recording an out-of-memory failure needs memory
     try:
+        loggers = build_loggers(cfg.get("logger"), config, wandb_id=identity["wandb_id"], resume=point is not None)
+        history = next((lg for lg in loggers if isinstance(lg, RunHistory)), None)
+        if history is None:  # every run keeps its history: checkpoints carry it, the CSV is written from it
+            history = RunHistory(folder.path)
+            loggers.append(history)
+        history.identity = {key: identity[key] for key in ("config_hash", "run_name", "wandb_id")}
+        if point is not None and writer:
+            history.restore(point.history)
+            history.save()
+            replay(point.history, [lg for lg in loggers if isinstance(lg, WandbLogger) and _offline(lg)])
+        started = time.perf_counter()  # after logging is up: a slow W&B start is not training time
         signals.check()
         callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
         callbacks.append(RandomStates())
@@ -314,12 +318,15 @@ def _train(cfg: DictConfig, folder: RunFolder, config: dict, this_hash: str, wri
         bar = any(isinstance(c, ProgressBar) for c in callbacks) if bar is None else bar
         trainer = _build(cfg, "trainer", logger=loggers, callbacks=callbacks,
                          plugins=[AtomicCheckpointIO(), cluster_environment()], enable_progress_bar=bar)
+        phase = "training"
         trainer.fit(module, datamodule=datamodule, ckpt_path=point.path if point else None, weights_only=True)
         signals.check()
+        phase = "testing"
         # testing replaces callback_metrics: keep fit's (or, when training had ended, the checkpoint's)
         metrics = dict(trainer.callback_metrics) or dict(last.fit_metrics if last else {})
         trainer.test(module, datamodule=datamodule, verbose=False)
         metrics.update(trainer.callback_metrics)
+        phase = "finishing"
         for callback in callbacks:
             if isinstance(callback, RunMetrics):
                 metrics.update(callback.metrics)  # run-level numbers
@@ -337,6 +344,8 @@ def _train(cfg: DictConfig, folder: RunFolder, config: dict, this_hash: str, wri
         failure = err
         raise
     finally:
+        signals.settle()  # the run reached its end: no stop may cut its records short now
+        reserve.release()
         stopped = isinstance(failure, (Preempted, KeyboardInterrupt))
         finish_wandb(exit_code=None if failure is None else 1, preempted=stopped)
         if failure is not None and writer:
@@ -345,7 +354,7 @@ def _train(cfg: DictConfig, folder: RunFolder, config: dict, this_hash: str, wri
                 results.update(status="stopped", signal=signal.Signals(signum).name,
                                error=f"stopped by {signal.Signals(signum).name}; resumes from the last checkpoint")
             else:
-                results["error"] = f"{type(failure).__name__}: {failure}".splitlines()[0]
+                results["error"] = failure_text(failure, phase)
             _write_quietly(folder, results)  # a failed or stopped job: never counted as finished
     if writer:
         folder.write_json(RESULTS, results)  # last: its presence with status finished marks the job done

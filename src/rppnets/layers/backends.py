@@ -30,6 +30,9 @@ from rppnets.layers import cpu_kernels
 from rppnets.layers.permutation import index_dtype, negative_signs, permuted_rows
 
 FUSED_BLOCK = 64  # columns of W_p per block of the fused kernels (experiments/rpp_layer_benchmark)
+# The fused backward's sums over W_p's columns (dx and dW) in at most this many runs of blocks, added in run order: a
+# split by the sizes alone, so the bits are the same on any number of threads (up to this many work in parallel)
+FUSED_RUNS = 8
 KINDS = ("index", "keys", "identity")
 
 
@@ -223,7 +226,7 @@ class CppBackend(EagerBackend):
         weight = None if weight is None else weight.to(grad_y.dtype)
         p, generated = perm.p.contiguous(), perm.kind == "keys"
         grad_x, grad_weight = self.module.fused_backward(grad_y, x, weight, p, generated, perm.m, perm.n, FUSED_BLOCK,
-                                                         perm.signs)
+                                                         FUSED_RUNS, perm.signs)
         return None if weight is None else grad_x, None if x is None else grad_weight
 
 

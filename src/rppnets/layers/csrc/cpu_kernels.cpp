@@ -288,16 +288,17 @@ static void make_block(const Permutation& perm, const scalar_t* w, int64_t m, in
   });
 }
 
-// dW[rows[i, c], (c0 + c) % n] += s g[i, c] for a block g (m, width) of dW_p; rows has row stride `stride`.
-// Each entry of dW gets one term per copy, added in the order of the copies: deterministic.
+// dw[rows[i, c], (l0 + c) % n] += s g[i, c] for a block g (m, width) of dW_p whose first column is column c0 of W_p;
+// rows has row stride `stride`, dw (m, *) row stride `dw_stride`: a run's own columns of dW, l0 where this block
+// starts among them. Each entry of dw gets one term per column that holds it, added in the order of the rows i.
 template <bool SIGNED, typename scalar_t, typename index_t, typename acc_t>
 static void fold_block(const scalar_t* g, const index_t* rows, int64_t stride, int64_t m, int64_t n, int64_t c0,
-                       int64_t width, acc_t* dw, const int32_t* sign_keys) {
+                       int64_t width, acc_t* dw, int64_t dw_stride, int64_t l0, const int32_t* sign_keys) {
   std::vector<float> signs(SIGNED ? width : 0);
   for (int64_t i = 0; i < m; ++i) {
     if constexpr (SIGNED) row_signs(sign_keys + c0, i, width, signs.data());
-    for (int64_t c = 0, j = c0 % n; c < width; ++c, j = j + 1 == n ? 0 : j + 1)
-      dw[int64_t(rows[i * stride + c]) * n + j] += with_sign<SIGNED>(acc_t(g[i * width + c]), signs.data(), c);
+    for (int64_t c = 0, l = l0; c < width; ++c, l = l + 1 == n ? 0 : l + 1)
+      dw[int64_t(rows[i * stride + c]) * dw_stride + l] += with_sign<SIGNED>(acc_t(g[i * width + c]), signs.data(), c);
   }
 }
 
@@ -307,17 +308,11 @@ static void check_permutation(const Permutation& perm, int64_t m, int64_t n) {
   if (!perm.generated) TORCH_CHECK(perm.p.dim() == 2 && perm.p.size(0) == m, "rows: expected (m, k*n)");
 }
 
-// Splits the `blocks` blocks of columns into one contiguous run per thread and calls body(run, first, end) for each,
-// in parallel: one parallel region per op, not one per block, which on a busy machine costs a wait for every
-// thread each time. Inside, ATen's products and the kernels' own loops run on the calling thread. The runs depend
-// only on the thread count, so sums over them, added in run order, are deterministic for a given thread count.
-static int64_t run_count(int64_t blocks) {
-  return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), blocks));
-}
-
+// Splits the `blocks` blocks of columns into `runs` contiguous runs and calls body(run, first, end) for each, in
+// parallel: one parallel region per op, not one per block, which on a busy machine costs a wait for every thread
+// each time. Inside, ATen's products and the kernels' own loops run on the calling thread.
 template <typename Body>
-static void for_each_run(int64_t blocks, const Body& body) {
-  const int64_t runs = run_count(blocks);
+static void for_each_run(int64_t runs, int64_t blocks, const Body& body) {
   // the caller's thread-local state on the worker threads too, which OpenMP threads do not inherit: its dispatch
   // keys (below autograd, autocast off: autograd refuses an out= product of tensors that require grad) and the
   // profiler's, which then sees their allocations. Copying it may take the GIL (Python saved-tensor hooks), so the
@@ -327,6 +322,11 @@ static void for_each_run(int64_t blocks, const Body& body) {
     const at::ThreadLocalStateGuard guard(state);
     for (int64_t run = begin; run < end; ++run) body(run, run * blocks / runs, (run + 1) * blocks / runs);
   });
+}
+
+// The forward's runs: one per thread (each block of y is its own product, so how they are split changes no bit).
+static int64_t thread_runs(int64_t blocks) {
+  return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), blocks));
 }
 
 // y = x @ W_p (batch, k*n), for x (batch, m) and W (m, n) of one dtype; `block` columns of W_p at a time.
@@ -344,7 +344,8 @@ torch::Tensor fused_matmul(const torch::Tensor& x, const torch::Tensor& weight, 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, weight.scalar_type(), "fused_matmul", [&] {
     with_signs(perm.signs, [&](auto is_signed) {
       constexpr bool SIGNED = decltype(is_signed)::value;
-      for_each_run((columns + block - 1) / block, [&](int64_t, int64_t first, int64_t end) {
+      const int64_t blocks = (columns + block - 1) / block;
+      for_each_run(thread_runs(blocks), blocks, [&](int64_t, int64_t first, int64_t end) {
         auto buffer = torch::empty({m * std::min(block, columns)}, weight.options());
         for (int64_t c0 = first * block; c0 < std::min(end * block, columns); c0 += block) {
           const int64_t width = std::min(block, columns - c0);
@@ -362,17 +363,21 @@ torch::Tensor fused_matmul(const torch::Tensor& x, const torch::Tensor& weight, 
 
 // The backward of y = x @ W_p for dy (batch, k*n): dx = dy @ W_p^T (batch, m) where W is given, in dy's dtype, and
 // dW (m, n) where x is given, summed in float32 (float64 for double). What is not computed comes back empty.
-// Each block of W_p (and, generated, of P) is made once for both; each run of blocks sums into its own dx and dW,
-// and those are added in run order.
+// Each block of W_p (and, generated, of P) is made once for both. Both are sums over W_p's columns, split into
+// min(blocks, runs) runs of blocks that depend on the sizes alone, never on the thread count: each run sums its
+// blocks, in order, into its own dx and into its own columns of dW (those of W its columns hold), and the runs'
+// sums are added in run order, element by element. So the bits are the same on any number of threads.
 std::tuple<torch::Tensor, torch::Tensor> fused_backward(const torch::Tensor& grad_y,
                                                         const std::optional<torch::Tensor>& x,
                                                         const std::optional<torch::Tensor>& weight,
                                                         const torch::Tensor& p, bool generated, int64_t m, int64_t n,
-                                                        int64_t block, const std::optional<torch::Tensor>& signs) {
+                                                        int64_t block, int64_t runs,
+                                                        const std::optional<torch::Tensor>& signs) {
   Permutation perm{p, generated};
   check_permutation(perm, m, n);
-  TORCH_CHECK(block >= 1, "block: expected at least one column");
+  TORCH_CHECK(block >= 1 && runs >= 1, "block, runs: expected at least one");
   const int64_t columns = perm.columns(), batch = grad_y.size(0), blocks = (columns + block - 1) / block;
+  runs = std::min(runs, blocks);
   perm.signs = sign_data(signs, columns);
   const bool need_x = weight.has_value(), need_weight = x.has_value();
   const auto dtype = grad_y.scalar_type();
@@ -386,26 +391,33 @@ std::tuple<torch::Tensor, torch::Tensor> fused_backward(const torch::Tensor& gra
                 "x: expected (batch, m) of grad_y's dtype");
   const auto options = grad_y.options();
   const auto accumulate = dtype == torch::kDouble ? torch::kDouble : torch::kFloat;
-  // per run: dx sums its blocks' products in float32 at least (in bf16 every block would lose bits), dW its folds
+  // run r holds W_p's columns [start[r], start[r + 1]): its dW is (m, width), column l being W's (start + l) % n, where
+  // width = min(n, its column count); its dx sums its blocks' products in float32 at least (in bf16 every block would
+  // lose bits), and is written by its first block (no zeros to write first)
+  std::vector<int64_t> start;
   std::vector<torch::Tensor> grad_x, grad_w;
-  for (int64_t run = 0; run < run_count(blocks); ++run) {
-    grad_x.push_back(torch::zeros({need_x ? batch : 0, m}, options.dtype(accumulate)));
-    grad_w.push_back(torch::zeros({need_weight ? m : 0, n}, options.dtype(accumulate)));
+  for (int64_t run = 0; run <= runs; ++run) start.push_back(std::min(run * blocks / runs * block, columns));
+  for (int64_t run = 0; run < runs; ++run) {
+    const int64_t width = std::min(n, start[run + 1] - start[run]);
+    grad_x.push_back(torch::empty({need_x ? batch : 0, m}, options.dtype(accumulate)));
+    grad_w.push_back(torch::zeros({need_weight ? m : 0, width}, options.dtype(accumulate)));
   }
   const auto w_contiguous = need_x ? weight->contiguous() : torch::Tensor();
   const auto x_t = need_weight ? x->t() : torch::Tensor();
+  auto dw_out = torch::Tensor();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad_y.scalar_type(), "fused_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* w = need_x ? w_contiguous.data_ptr<scalar_t>() : nullptr;
     with_signs(perm.signs, [&](auto is_signed) {
       constexpr bool SIGNED = decltype(is_signed)::value;
-      for_each_run(blocks, [&](int64_t run, int64_t first, int64_t end) {
+      for_each_run(runs, blocks, [&](int64_t run, int64_t first, int64_t end) {
         const int64_t max_width = std::min(block, columns);
         auto tiles = torch::empty({need_x ? m * max_width : 0}, options);
         auto products = torch::empty({need_weight ? m * max_width : 0}, options);
         auto rows = torch::empty({need_weight && generated ? m * max_width : 0}, options.dtype(torch::kInt32));
         auto dx = grad_x[run];
         acc_t* dw = need_weight ? grad_w[run].data_ptr<acc_t>() : nullptr;
+        const int64_t dw_stride = grad_w[run].size(1);
         for (int64_t c0 = first * block; c0 < std::min(end * block, columns); c0 += block) {
           const int64_t width = std::min(block, columns - c0);
           auto tile = tiles.narrow(0, 0, need_x ? m * width : 0).view({need_x ? m : 0, width});
@@ -413,27 +425,50 @@ std::tuple<torch::Tensor, torch::Tensor> fused_backward(const torch::Tensor& gra
           make_block<SIGNED>(perm, w, m, n, c0, c0 + width, need_x ? tile.data_ptr<scalar_t>() : nullptr, block_rows);
           const auto dy = grad_y.narrow(1, c0, width);
           if (need_x) {
-            if (accumulate == grad_y.scalar_type()) dx.addmm_(dy, tile.t());
-            else dx.add_(at::mm(dy, tile.t()));
+            const bool first_block = c0 == first * block;
+            if (accumulate != grad_y.scalar_type()) first_block ? dx.copy_(at::mm(dy, tile.t())) : dx.add_(at::mm(dy, tile.t()));
+            else if (first_block) at::mm_out(dx, dy, tile.t());
+            else dx.addmm_(dy, tile.t());
           }
           if (need_weight) {
             auto product = products.narrow(0, 0, m * width).view({m, width});
             at::mm_out(product, x_t, dy);  // dW_p[:, c0:c0 + width]
             const scalar_t* g = product.data_ptr<scalar_t>();
-            if (generated) fold_block<SIGNED>(g, block_rows, width, m, n, c0, width, dw, perm.signs);
+            const int64_t l0 = (c0 - start[run]) % n;
+            if (generated) fold_block<SIGNED>(g, block_rows, width, m, n, c0, width, dw, dw_stride, l0, perm.signs);
             else with_index(p, [&](const auto* index) {
-              fold_block<SIGNED>(g, index + c0, columns, m, n, c0, width, dw, perm.signs);
+              fold_block<SIGNED>(g, index + c0, columns, m, n, c0, width, dw, dw_stride, l0, perm.signs);
             });
           }
         }
       });
     });
+    // the runs' sums added in run order; in parallel over the entries, each of which is summed by one thread
+    if (need_x && runs > 1) {
+      acc_t* out = grad_x[0].data_ptr<acc_t>();
+      at::parallel_for(0, batch * m, 8192, [&](int64_t begin, int64_t end) {
+        for (int64_t run = 1; run < runs; ++run) {
+          const acc_t* part = grad_x[run].data_ptr<acc_t>();
+          for (int64_t e = begin; e < end; ++e) out[e] += part[e];
+        }
+      });
+    }
+    if (need_weight && runs == 1) dw_out = grad_w[0];  // its own columns are all of dW's
+    else if (need_weight) {
+      dw_out = torch::zeros({m, n}, options.dtype(accumulate));
+      acc_t* out = dw_out.data_ptr<acc_t>();
+      at::parallel_for(0, m, 16, [&](int64_t begin, int64_t end) {
+        for (int64_t run = 0; run < runs; ++run) {
+          const int64_t width = grad_w[run].size(1), j0 = start[run] % n;
+          const acc_t* part = grad_w[run].data_ptr<acc_t>();
+          for (int64_t i = begin; i < end; ++i)
+            for (int64_t l = 0, j = j0; l < width; ++l, j = j + 1 == n ? 0 : j + 1) out[i * n + j] += part[i * width + l];
+        }
+      });
+    }
   });
-  for (size_t run = 1; run < grad_x.size(); ++run) {  // the runs' sums, added in run order
-    grad_x[0].add_(grad_x[run]);
-    grad_w[0].add_(grad_w[run]);
-  }
-  return {grad_x[0].to(grad_y.scalar_type()), grad_w[0]};
+  if (!need_weight) dw_out = torch::zeros({0, n}, options.dtype(accumulate));
+  return {grad_x[0].to(grad_y.scalar_type()), dw_out};
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
@@ -453,5 +488,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
              arg("weight"), arg("p"), arg("generated"), arg("block"), arg("signs") = unsigned_, nogil);
   module.def("fused_backward", &fused_backward, "dy @ W_p^T and dW, one block of W_p's columns at a time",
              arg("grad_y"), arg("x"), arg("weight"), arg("p"), arg("generated"), arg("m"), arg("n"), arg("block"),
-             arg("signs") = unsigned_, nogil);
+             arg("runs"), arg("signs") = unsigned_, nogil);
 }

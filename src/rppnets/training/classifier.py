@@ -53,7 +53,9 @@ class Classifier(pl.LightningModule):
         x, y = batch
         logits = self.net(x)  # (B, num_classes)
         loss = F.cross_entropy(logits, y)
-        self.metrics[f"{stage}_loss"].update(loss.detach(), 1.0 if stage == "train" else len(y))
+        # per batch in training, per image otherwise: the loss repeated len(y) times, as MeanMetric ignores its
+        # weights under nan_strategy="disable" (torchmetrics 1.9)
+        self.metrics[f"{stage}_loss"].update(loss.detach() if stage == "train" else loss.detach().expand(len(y)))
         self.metrics[f"{stage}_acc"].update(logits.detach(), y)
         return loss
 

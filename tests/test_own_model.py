@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from rppnets.analysis import report
+
 ROOT = Path(__file__).resolve().parents[1]
 MODULE = '''
 import torch
@@ -36,20 +38,26 @@ def quick(fake_root: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_a_model_of_your_own_trains_and_is_named_by_its_class(fake_root, tmp_path):
+def test_a_sweep_over_a_model_of_your_own_names_each_job_by_what_it_varies(fake_root, tmp_path):
+    """As "Make it yours" says: a sweep of one's own model over model.k, then the report. Each job is named by its
+    class and the swept value (the W&B run takes the name), and the report tells the jobs apart."""
     (tmp_path / "mymodels.py").write_text(MODULE)
     (tmp_path / "myconf" / "model").mkdir(parents=True)
     (tmp_path / "myconf" / "model" / "tiny.yaml").write_text("_target_: mymodels.TinyRPP\nwidth: 8\nk: 4\n")
     env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    run = tmp_path / "run"
-    done = subprocess.run([sys.executable, "src/train.py", f"--config-dir={tmp_path / 'myconf'}", "model=tiny",
-                           *quick(fake_root), f"hydra.run.dir={run}"], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
+    sweep = tmp_path / "sweep"
+    done = subprocess.run([sys.executable, "src/train.py", "-m", f"--config-dir={tmp_path / 'myconf'}", "model=tiny",
+                           "model.k=2,4", *quick(fake_root), f"hydra.sweep.dir={sweep}"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    results = json.loads((run / "results.json").read_text())
-    assert results["run_name"] == "tinyrpp-s0" and results["status"] == "finished"
+    results = {r["run_name"]: r for r in (json.loads(p.read_text()) for p in sweep.glob("*/results.json"))}
+    assert set(results) == {"tinyrpp-k2-s0", "tinyrpp-k4-s0"}
+    assert {r["network"] for r in results.values()} == {"tinyrpp-k2", "tinyrpp-k4"}
     # 784 * 8 weights + 32 biases of the RPP layer, 32 * 10 + 10 of the output: the sizes came from the data
-    assert results["metrics"]["model/params_trainable"] == 784 * 8 + 32 + 32 * 10 + 10
+    assert results["tinyrpp-k4-s0"]["metrics"]["model/params_trainable"] == 784 * 8 + 32 + 32 * 10 + 10
+    report.main([str(sweep), "--wandb-mode", "disabled"])  # raised "two jobs for network=tinyrpp seed=0" before
+    summary = (sweep / "report" / "summary.md").read_text()
+    assert "tinyrpp-k2" in summary and "tinyrpp-k4" in summary
 
 
 @pytest.mark.slow

@@ -8,7 +8,6 @@ import math
 import os
 import signal
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -25,7 +24,8 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from torch.nn.parallel import DistributedDataParallel
 
-from rppnets.training.checkpointing import AtomicCheckpointIO, LastCheckpoint, Preempted, RandomStates, StopSignals
+from rppnets.training.checkpointing import AtomicCheckpointIO, Attempts, LastCheckpoint, Preempted, RandomStates, \
+    StopSignals
 from rppnets.training.callbacks import RunMetrics
 from rppnets.checks import check_int
 from rppnets.console import file_named, program, shell_line, shell_word, silence_known_noise
@@ -104,9 +104,31 @@ def model_name(cfg: DictConfig) -> str:
     return name
 
 
+# Keys a model's name already says (model_name), or that the run name adds itself (the seed).
+NAMED_KEYS = ("seed", "network", "model", "model.kind", "model.width", "model.k", "model.bias", "model.depth",
+              "model.signs")
+
+
+def swept_name(cfg: DictConfig) -> str:
+    """What tells this job from the other jobs of its sweep beyond its model's name and seed: ``-lr0.01-k10`` for a
+    sweep over optimizer.lr and (a model of your own's) model.k; ``-kmnist`` for one over data=...; '' outside a sweep
+    or where the sweep varies only what the name already says. A grid that Hydra's basic sweeper runs."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return ""
+    grid, _ = sweep_grid(Path(HydraConfig.get().sweep.dir))
+    named = NAMED_KEYS if "kind" in cfg.model and "depth" in cfg.model else ("seed", "network")
+    this_job = {override.split("=", 1)[0].lstrip("+~"): override.split("=", 1)[1]
+                for override in HydraConfig.get().overrides.task if "=" in override}
+    swept = [key.lstrip("+~") for key, values in (grid or {}).items() if len(values) > 1]
+    parts = [this_job[key] if "." not in key else key.rsplit(".", 1)[1] + this_job[key]
+             for key in swept if key not in named and key in this_job]
+    return "".join(f"-{part}" for part in parts)
+
+
 def run_name(cfg: DictConfig) -> str:
-    """The run's name: its model and seed, ``dense-w1000-s0``."""
-    return f"{model_name(cfg)}-s{cfg.seed}"
+    """The run's name: its model, what its sweep varies beyond that (swept_name) and its seed, ``dense-w1000-s0``,
+    ``tinynet-k10-s0``."""
+    return f"{model_name(cfg)}{swept_name(cfg)}-s{cfg.seed}"
 
 
 def _build(cfg: DictConfig, key: str, **kwargs):
@@ -281,7 +303,7 @@ def _train(cfg: DictConfig, folder: RunFolder, config: dict, this_hash: str, wri
     # The previous job of a multirun leaves its trainer, data and model in reference cycles: free them now, so
     # this job's peak memory is its own.
     gc.collect()
-    results = {"status": "failed", "network": cfg.get("network") or model_name(cfg),
+    results = {"status": "failed", "network": cfg.get("network") or model_name(cfg) + swept_name(cfg),
                "seed": cfg.seed, "run_name": cfg.run_name, "group": cfg.get("group"), "config_hash": this_hash,
                "experiment_hash": experiment_hash(cfg), "csv": METRICS_CSV,
                "torch_threads": torch.get_num_threads(), "metrics": {}}
@@ -293,6 +315,7 @@ def _train(cfg: DictConfig, folder: RunFolder, config: dict, this_hash: str, wri
     config["config_hash"] = this_hash  # the W&B run carries the run's identity too
     failure: BaseException | None = None
     wandb_dir = None
+    attempts = None
     phase = "starting"  # named in a failure's record: starting, training, testing, finishing
     reserve = MemoryReserve()  # given back when the run ends: recording an out-of-memory failure needs memory
     try:
@@ -306,13 +329,17 @@ def _train(cfg: DictConfig, folder: RunFolder, config: dict, this_hash: str, wri
             history.restore(point.history)
             history.save()
             replay(point.history, [lg for lg in loggers if isinstance(lg, WandbLogger) and _offline(lg)])
-        started = time.perf_counter()  # after logging is up: a slow W&B start is not training time
+        # after logging is up: a slow W&B start is not training time
+        attempts = Attempts(point.attempts if point else [], torch.get_num_threads(),
+                            point.progress["global_step"] if point else None)
+        if writer and (change := attempts.thread_change()):
+            print(f"{cfg.run_name}: {change}")
         signals.check()
         callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
         callbacks.append(RandomStates())
         last = next((c for c in callbacks if isinstance(c, LastCheckpoint)), None)
         if last is not None:
-            last.signals, last.identity = signals, identity
+            last.signals, last.identity, last.attempts = signals, identity, attempts
         # Without a bar callback (`~callbacks.progress_bar`), no bar: Lightning would otherwise add its own.
         bar = cfg.trainer.get("enable_progress_bar")
         bar = any(isinstance(c, ProgressBar) for c in callbacks) if bar is None else bar
@@ -332,7 +359,7 @@ def _train(cfg: DictConfig, folder: RunFolder, config: dict, this_hash: str, wri
                 metrics.update(callback.metrics)  # run-level numbers
         metrics = {key: value.item() if torch.is_tensor(value) else value for key, value in metrics.items()}
         metrics["train/loss"] = metrics.get("train/loss_epoch")
-        metrics["time/wall_s"] = time.perf_counter() - started
+        metrics["time/wall_s"] = sum(attempt["wall_s"] for attempt in attempts.up_to_now())  # every attempt's
         wandb_dir = next((lg.experiment.dir for lg in loggers if isinstance(lg, WandbLogger)), None)
         history.save()
         results.update(status="finished", metrics=metrics, files=folder.digests() if writer else {})
@@ -355,8 +382,10 @@ def _train(cfg: DictConfig, folder: RunFolder, config: dict, this_hash: str, wri
                                error=f"stopped by {signal.Signals(signum).name}; resumes from the last checkpoint")
             else:
                 results["error"] = failure_text(failure, phase)
+            results["attempts"] = attempts.up_to_now() if attempts is not None else []
             _write_quietly(folder, results)  # a failed or stopped job: never counted as finished
     if writer:
+        results["attempts"] = attempts.up_to_now()
         folder.write_json(RESULTS, results)  # last: its presence with status finished marks the job done
         print_summary(results, folder.path, wandb_dir)
     if signals.received is not None:  # finished anyway; still stop the sweep, as asked

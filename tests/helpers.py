@@ -1,16 +1,21 @@
 """Helpers the tests import: the real configs composed and shrunk, IDX files written like the official ones, and a
-forward-backward pass of a layer, W_p (and signed RPP's signs) built by loops, and a run's CSV rows. Fixtures stay in conftest.py; this module holds plain functions."""
+forward-backward pass of a layer, W_p (and signed RPP's signs) built by loops, a run's CSV rows, and PhaseLine, a
+callback that tells a test which phase of its life a job is in. Fixtures stay in conftest.py; this module holds plain
+functions."""
 
 import csv
 import gzip
 import struct
+import time
 from pathlib import Path
 
 import numpy as np
+import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
 
 import rppnets.schemas  # noqa: F401  (registers the config schemas)
+from rppnets.training.checkpointing import LastCheckpoint
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
@@ -106,3 +111,45 @@ def descendants(pid: int) -> list[int]:
     except FileNotFoundError:  # ended meanwhile
         return []
     return children + [grandchild for child in children for grandchild in descendants(child)]
+
+
+PHASE_MARK = "job phase: "  # PhaseLine's lines: "job phase: training epoch 2"
+HOLD_S = 120  # how long a held job waits for its signal before it goes on (a test that never sends one then fails)
+
+
+class PhaseLine(pl.Callback):
+    """Put into a job (``+callbacks.phase._target_=helpers.PhaseLine``, tests/ on PYTHONPATH): prints a line as the job
+    enters each phase of its life (``job phase: training epoch 2``, ``validation epoch 2``, ``testing``, ``after
+    testing``), so that a test knows where a fault landed from the output before it.
+
+    With `hold` naming one of the training or validation phases, the job waits there the first time (the file `once`
+    records it) until a stop signal has reached it, or for ever for SIGKILL: a test's fault then lands exactly there,
+    with no sleep. The job's checkpoints and logged values are those of a job without this callback.
+    """
+
+    def __init__(self, hold: str | None = None, once: str | None = None):
+        self.hold, self.once = hold, Path(once) if once else None
+
+    def _enter(self, trainer: pl.Trainer, phase: str) -> None:
+        print(PHASE_MARK + phase, flush=True)
+        if phase != self.hold or self.once is None or self.once.exists():
+            return
+        self.once.touch()
+        # The run's own stop handler (installed for training by LastCheckpoint) records the signal it caught.
+        signals = next((c.signals for c in trainer.callbacks if isinstance(c, LastCheckpoint)), None)
+        deadline = time.monotonic() + HOLD_S
+        while (signals is None or signals.received is None) and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._enter(trainer, f"training epoch {trainer.current_epoch + 1}")
+
+    def on_validation_start(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self._enter(trainer, f"validation epoch {trainer.current_epoch + 1}")
+
+    def on_test_start(self, trainer, pl_module):
+        self._enter(trainer, "testing")
+
+    def on_test_end(self, trainer, pl_module):
+        self._enter(trainer, "after testing")

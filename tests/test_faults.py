@@ -17,7 +17,7 @@ from rppnets.training.loggers import ContainedWandbLogger, build_loggers, finish
 from rppnets.data import CorruptDataError, load_split
 from rppnets.records.run_folder import RunFolder, FolderBusyError
 from rppnets.training.sweep import MAX_DIRNAME, job_dirname
-from rppnets.training.pipeline import ConfigError, train
+from rppnets.training.pipeline import ConfigError, run_hash, train
 
 ROOT = Path(__file__).resolve().parents[1]
 # Long enough (30 epochs of 14 batches) that a signal sent once the first checkpoint exists lands mid-run.
@@ -190,6 +190,17 @@ def test_damaged_archive_is_named_and_leaves_no_partial_file(where, fake_root, t
     with pytest.raises(CorruptDataError, match="train-images-idx3-ubyte.gz"):
         load_split(raw, train=True, verify_md5=False)
     assert sorted(p.name for p in raw.iterdir()) == before  # read in place: nothing unpacked, no partial file
+
+
+def test_the_data_set_is_part_of_the_run(tmp_path):
+    """A finished MNIST run is not KMNIST's in the same folder: the two share one data module and its settings and
+    are told apart by `data.dataset` alone. Where the files lie is not part of the run."""
+    def hash_of(*overrides):
+        return run_hash(compose_train(["logger=csv", *overrides], output_dir=tmp_path))
+
+    kmnist = hash_of("data=kmnist")
+    assert hash_of("data=mnist") != kmnist
+    assert hash_of("data=kmnist", "data.root=/elsewhere", "data.system_dir=/shared") == kmnist
 
 
 def test_job_folder_names_stay_short():

@@ -14,7 +14,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from pytorch_lightning import Callback
 
-from helpers import CONF_DIR, epoch_rows
+from chaos import Job
+from helpers import CONF_DIR, PHASE_MARK, epoch_rows
 from rppnets.resources import threads_per_job
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,6 +99,26 @@ def test_submitit_local_runs_a_two_job_sweep(tmp_path, fake_root):
     assert [r["torch_threads"] for r in results] == [1, 1]  # cpus_per_task
     assert len(list((tmp_path / ".submitit").glob("*/*_result.pkl"))) == 2  # each job ran as its own submitit job
     assert "2 finished" in result.stdout
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_local_sweep_stops_the_sweep(tmp_path, fake_root):
+    """Ctrl-C during job 0 of a sweep on this machine (Hydra's basic launcher) stops the sweep there, exit 130: it is
+    no requeue (only a SLURM job's own signal lets the sweep go on), so job 1 never starts."""
+    sweep_dir = tmp_path / "sweep"
+    job = Job([sys.executable, "src/train.py", "-m", *quick(fake_root), "trainer.max_epochs=2", "seed=0,1",
+               f"hydra.sweep.dir={sweep_dir}", "+callbacks.phase._target_=helpers.PhaseLine",
+               "+callbacks.phase.hold='training epoch 1'", f"+callbacks.phase.once={tmp_path / 'held'}"])
+    assert job.wait_for_line(lambda line: line == PHASE_MARK + "training epoch 1"), "\n".join(job.output)
+    job.process.send_signal(signal.SIGINT)  # held in job 0's first epoch until now
+    returncode = job.end(timeout=120)
+    output = "\n".join(job.output)
+    assert returncode == 128 + signal.SIGINT, output
+    assert any(line.startswith("stopped by SIGINT; ") and "resume: " in line for line in job.output), output
+    (job0,) = sweep_dir.glob("0-*")
+    assert json.loads((job0 / "results.json").read_text())["status"] == "stopped"
+    assert (job0 / "checkpoints" / "last.ckpt").is_file()
+    assert not list(sweep_dir.glob("1-*")) and output.count(PHASE_MARK) == 1, output  # job 1 never started
 
 
 def test_slurm_launcher_config_runs_the_figure_sweep(tmp_path):

@@ -117,7 +117,9 @@ clean-outputs:  ## delete every run and sweep in outputs/: make clean-outputs CO
 
 ROUNDS ?= 100
 SEED ?= 0
-chaos: setup  ## faults at random moments of a small real job (kills, signals, damaged files, a full disk): ROUNDS=500
+# Each fault is aimed at a phase of the job's life and must land while it runs (else its round is drawn again); the
+# run ends with a table of the faults by kind and by the phase they landed in, passed and failed.
+chaos: setup  ## faults in every phase of a small real job (kills, signals, damaged files, a full disk): ROUNDS=500
 	$(PY) tests/chaos.py --rounds $(ROUNDS) --seed $(SEED) --work outputs/chaos
 
 # Mutation testing (experiments/mutation/README.md): mutmut changes one thing at a time in the functions whose

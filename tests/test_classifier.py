@@ -29,7 +29,7 @@ def module(log_every_n_steps=1, global_step=0, epoch=0, sanity_checking=False):
     classifier._trainer = SimpleNamespace(log_every_n_steps=log_every_n_steps, global_step=global_step,
                                           current_epoch=epoch, sanity_checking=sanity_checking)
     classifier.logged = []
-    classifier.log = lambda name, value, **kwargs: classifier.logged.append((name, float(value), kwargs))
+    classifier.log = lambda name, value, **kwargs: classifier.logged.append((name, float(value.detach()), kwargs))
     classifier.log_dict = lambda values, **kwargs: classifier.logged.append(
         ({key: float(value) for key, value in values.items()}, kwargs))
     return classifier

@@ -10,6 +10,7 @@ import csv
 import json
 import re
 import statistics
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -75,7 +76,8 @@ def cell_numbers(cell: str) -> list[str]:
     return NUMBER.findall(cell)
 
 
-def rows(path: str) -> list[dict]:
+@cache
+def rows(path: str) -> list[dict]:  # read once per session; no check changes them
     with open(EXPERIMENTS / path, newline="") as file:
         return list(csv.DictReader(file))
 
@@ -91,12 +93,14 @@ def per_seed(records: list[dict], column: str, **match) -> list[float]:
     return [float(row[column]) for row in sorted(chosen, key=lambda row: int(row["seed"]))]
 
 
+@cache
 def job_curve(folder: str) -> dict[int, tuple[float, float, float]]:
     """Epoch -> (training loss, validation loss, validation accuracy) of a committed job's metrics.csv."""
     curve = read_curve(EXPERIMENTS / folder / "metrics.csv")
     return {epoch: (v["train_loss"], v["val_loss"], v["val_acc"]) for epoch, v in curve.items()}
 
 
+@cache
 def figure_curve(path: str, network: str, seed: int) -> dict[int, tuple[float, float, float]]:
     return {int(row["epoch"]): (float(row["train_loss"]), float(row["val_loss"]), float(row["val_acc"]))
             for row in rows(path) if row["network"] == network and int(row["seed"]) == seed}

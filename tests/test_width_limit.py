@@ -128,3 +128,113 @@ def test_grid_stops_at_a_refusal_and_a_rerun_measures_nothing_again(tmp_path, mo
     width_limit.write_outputs(tmp_path, rows, 30.0)
     assert (tmp_path / "width_limit.png").stat().st_size > 0
     assert "| dense | 1,000 |" in (tmp_path / "summary.md").read_text()
+
+
+# --- the grid's summary: what each method reached and what stopped it (no measuring) --------------------------------
+
+
+def grid_row(method, width, status, **values):
+    return {"method": method, "width": str(width), "status": status} | {key: str(value) for key, value in values.items()}
+
+
+SUMMARY_ROWS = [
+    grid_row("dense", 2000, "refused", estimate_bytes=3 * 2**30, available_bytes=2**31),
+    grid_row("dense", 1000, "ok", state_bytes=2**20, step_peak_bytes=3 * 2**20, build_peak_bytes=2**19,
+             measured_bytes=4 * 2**20, estimate_bytes=5 * 2**20, estimate_ratio="1.250", step_s=0.125,
+             step_cpu_s=0.25, loadavg="1.50", available_bytes=2**31),
+    grid_row("dense", 1410, "ok", state_bytes=2 * 2**20, step_peak_bytes=2**20, build_peak_bytes="",
+             measured_bytes=3 * 2**20, estimate_bytes=2**30, step_s=0.5, available_bytes=2**31),
+    grid_row("hashed", 1000, "over_time", step_s=45.25, time_budget_s=30.0, estimate_bytes=2**20,
+             measured_bytes=2 * 2**20, available_bytes=2**30),
+    grid_row("hashed", 2000, "failed", note="killed", estimate_bytes=2**20),
+    grid_row("lowrank", 1000, "failed", note="exit status -9", estimate_bytes=2**20),
+    grid_row("rpp_stored", 1000, "skipped", estimate_bytes=2**20),
+]
+
+
+def test_limits_are_the_widest_point_that_trained_and_the_narrowest_that_stopped():
+    found = width_limit.limits(SUMMARY_ROWS)
+    assert list(found) == ["dense", "rpp_stored", "hashed", "lowrank"]  # in METHODS' order; methods without rows out
+    assert found["dense"]["widest"]["width"] == "1410" and found["dense"]["stop"]["width"] == "2000"
+    assert found["hashed"] == {"widest": None, "stop": SUMMARY_ROWS[3]}
+    assert found["rpp_stored"] == {"widest": None, "stop": None}
+
+
+def test_what_stops_the_next_width_is_said_with_its_numbers():
+    assert width_limit.stop_reason(None) == "none within the grid"
+    assert width_limit.stop_reason(SUMMARY_ROWS[0]) == ("2,000: refused by the memory check, estimate 3.00 GiB > "
+                                                         "2.00 GiB available")
+    assert width_limit.stop_reason(SUMMARY_ROWS[3]) == ("1,000: 45.2 s per step, over the 30 s budget (memory: "
+                                                         "estimate 1.0 MiB, measured 2.0 MiB, 1.00 GiB available)")
+    assert width_limit.stop_reason(SUMMARY_ROWS[4]) == "2,000: failed (killed)"
+
+
+def test_bytes_are_shown_in_mib_below_a_gib_and_in_gib_from_there():
+    assert [width_limit._fmt_bytes(v) for v in (None, "", 0, "1048576", 2**30 - 1, 2**30, 5 * 2**30 // 2)] == [
+        "", "", "0.0 MiB", "1.0 MiB", "1024.0 MiB", "1.00 GiB", "2.50 GiB"]
+
+
+def test_the_summary_table_has_a_line_per_method_and_one_per_point():
+    lines = width_limit.summary_markdown(SUMMARY_ROWS).splitlines()
+    assert lines[:2] == ["| method | widest that trains | state | step peak | construction peak | measured peak | "
+                         "estimate | s/step | what stops the next width |",
+                         "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    assert lines[2] == ("| dense | 1,410 | 2.0 MiB | 1.0 MiB |  | 3.0 MiB | 1.00 GiB | 0.50 | 2,000: refused by the "
+                        "memory check, estimate 3.00 GiB > 2.00 GiB available |")
+    assert lines[3] == "| rpp_stored | none | | | | | | | none within the grid |"
+    assert lines[4].startswith("| hashed | none | | | | | | | 1,000: 45.2 s per step")
+    assert lines[5] == "| lowrank | none | | | | | | | 1,000: failed (exit status -9) |"
+    assert lines[6:10] == ["", "Every point (state and peak in MiB, measured = max(construction peak, state + step "
+                           "peak)):", "", "| method | width | status | state | step peak | construction peak | "
+                           "measured | estimate | estimate / measured | s/step | CPU s/step | load | available |"]
+    points = lines[11:]
+    assert [line.split(" | ")[:3] for line in points] == [
+        ["| dense", "1,000", "ok"], ["| dense", "1,410", "ok"], ["| dense", "2,000", "refused"],
+        ["| rpp_stored", "1,000", "skipped"], ["| hashed", "1,000", "over_time"], ["| hashed", "2,000", "failed"],
+        ["| lowrank", "1,000", "failed"]]
+    assert points[0] == ("| dense | 1,000 | ok | 1.0 | 3.0 | 0.5 | 4.0 | 5.0 | 1.250 | 0.125 | 0.250 | 1.50 | "
+                         "2,048.0 |")
+    assert points[1].endswith("| 3.0 | 1,024.0 |  | 0.500 |  |  | 2,048.0 |")
+    assert points[3] == "| rpp_stored | 1,000 | skipped |  |  |  |  | 1.0 |  |  |  |  |  |"
+    assert width_limit.summary_markdown(SUMMARY_ROWS).endswith("|\n")
+
+
+def test_a_points_measured_peak_is_the_larger_of_building_and_training():
+    assert measured_bytes({"state_bytes": "10", "step_peak_bytes": "5", "build_peak_bytes": "12"}) == 15
+    assert measured_bytes({"state_bytes": "10", "step_peak_bytes": "5", "build_peak_bytes": "16"}) == 16
+    assert measured_bytes({"state_bytes": "10", "step_peak_bytes": "5", "build_peak_bytes": ""}) == 15
+    assert measured_bytes({"state_bytes": "10", "step_peak_bytes": "5"}) == 15
+    for missing in ({"state_bytes": "10"}, {"state_bytes": "10", "step_peak_bytes": ""},
+                    {"step_peak_bytes": "5", "state_bytes": None}, {"step_peak_bytes": "5"}):
+        assert measured_bytes(missing) is None
+
+
+def test_the_midpoint_is_halfway_on_a_log_scale_in_steps_of_the_rpp_width():
+    assert width_limit.midpoint(1000, 2000) == 1410  # sqrt(2e6) = 1414.2
+    assert width_limit.midpoint(1000, 4000) == 2000
+    assert width_limit.midpoint(1000, 1010) is None and width_limit.midpoint(1000, 1020) == 1010
+    assert width_limit.midpoint(1001, 1009) is None  # sqrt 1,005.0 rounds to 1,000, not between them
+
+
+def test_rows_are_appended_with_the_header_once_and_read_back(tmp_path):
+    path = tmp_path / "out" / "width_limit.csv"
+    assert width_limit.read_rows(path) == []
+    width_limit.append_row(path, {"method": "dense", "width": 1000, "status": "ok", "unknown": "left out"})
+    width_limit.append_row(path, {"method": "hashed", "width": 2000, "note": "a, b"})
+    text = path.read_text().splitlines()
+    assert text[0] == ",".join(width_limit.COLUMNS) and len(text) == 3
+    rows = width_limit.read_rows(path)
+    assert [(row["method"], row["width"], row["status"], row["note"]) for row in rows] == [
+        ("dense", "1000", "ok", ""), ("hashed", "2000", "", "a, b")]
+    assert list(rows[0]) == width_limit.COLUMNS
+
+
+def test_the_grids_widths_and_model_configs():
+    assert width_limit.default_widths() == [1000 * 2**i for i in range(15)]
+    assert model_config("rpp_stored", 20) == {"kind": "rpp", "depth": 2, "bias": "full", "width": 10, "k": 2,
+                                              "seed": 0, "permutation": "stored"}
+    assert model_config("lowrank", 1000) == {"kind": "lowrank", "depth": 2, "bias": "full", "width": 10, "k": 100,
+                                             "seed": 0}
+    with pytest.raises(ValueError) as err:
+        model_config("rpp_shared", 15)
+    assert str(err.value) == "width=15 is invalid for rpp_shared; allowed: a multiple of 10"

@@ -316,14 +316,13 @@ class Chaos:
         return done
 
     def disk_fault(self, folder: Path, rng: random.Random, log: list, problems: list) -> Fault:
+        said = len(log)
         done = self.fill_disk(folder, rng, log)
-        phase = phase_of(done.stdout.splitlines())
-        detail = f"disk full ({log[-1].split(':')[0]})"
+        detail = log[said].split(":")[0]  # "disk of 400 KiB"
         if done.returncode == 0:
             return Fault("disk", detail, None)  # the disk was large enough: nothing was starved
-        if "the full disk is not the last line" in log[-1]:
-            problems.append(log[-1])
-        return Fault("disk", detail, phase)
+        problems += [line for line in log[said + 1:] if line.startswith("the full disk is not the last line")]
+        return Fault("disk", detail, phase_of(done.stdout.splitlines()))
 
     def finish(self, folder: Path, log: list) -> list[str]:
         """Rerun until the job finishes; the differences of its records from the reference's, after `log`."""
@@ -387,8 +386,8 @@ def table(results: list[RoundResult]) -> str:
     counts = Counter((fault.kind, fault.phase, result.passed) for result in results for fault in result.faults
                      if fault.phase is not None)
     cells = sorted({(kind, phase) for kind, phase, _ in counts}, key=lambda c: (KINDS.index(c[0]), PHASES.index(c[1])))
-    lines = [f"{'fault':<12} {'phase':<28} {'passed':>6} {'failed':>6}"]
-    lines += [f"{kind:<12} {phase:<28} {counts[kind, phase, True]:>6} {counts[kind, phase, False]:>6}"
+    lines = [f"{'fault':<12} {'phase':<27} {'passed':>7} {'failed':>7}"]
+    lines += [f"{kind:<12} {phase:<27} {counts[kind, phase, True]:>7} {counts[kind, phase, False]:>7}"
               for kind, phase in cells]
     redrawn = sum(result.draws - 1 for result in results)
     passed = sum(result.passed for result in results)

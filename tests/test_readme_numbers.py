@@ -210,7 +210,8 @@ def test_frontier_prose_numbers():
     text, m = prose("frontier/README.md"), frontier_means()
     records = rows("frontier/frontier.csv") + rows("frontier/signed/frontier.csv")
     assert len(rows("frontier/frontier.csv")) == 96 and "the 96-job grid" in text
-    check(text, "parameters per method and k are in `summary.md` (RPP", m["rpp", 1]["params"], 1, m["rpp", 200]["params"])
+    check(text, "parameters per method and k are in `summary.md` (RPP", m["rpp", 1]["params"], 1,
+          m["rpp", 200]["params"])
     lowrank_share = [m["lowrank", k]["params"] / m["rpp", k]["params"] * 100 for k in KS]
     check(text, "(so slightly fewer parameters:", min(lowrank_share), max(lowrank_share))
     # a dense MLP of width w: 784*w + w, w*w + w, 10*w + 10
@@ -231,7 +232,8 @@ def test_frontier_prose_numbers():
     # HashedNets against RPP
     hashed100 = per_seed(records, "test_acc", network="hashed", k=100)
     rpp100 = per_seed(records, "test_acc", network="rpp", k=100)
-    check(text, "slightly better** at every budget here: at k = 100 test accuracy", m["hashed", 100]["acc"], min(hashed100), max(hashed100),
+    check(text, "slightly better** at every budget here: at k = 100 test accuracy", m["hashed", 100]["acc"],
+          min(hashed100), max(hashed100),
           m["rpp", 100]["acc"], min(rpp100), max(rpp100), m["hashed", 100]["loss"], m["rpp", 100]["loss"])
     gaps = {k: m["rpp", k]["loss"] - m["hashed", k]["loss"] for k in KS[2:]}
     check(text, "the training-loss gap (", min(gaps.values()), max(gaps.values()), 5, 200, gaps[200])
@@ -426,7 +428,8 @@ def test_init_ablation_tables_and_prose():
     text, jobs = prose("init_ablation/README.md"), rows("init_ablation/jobs.csv")
     assert len(jobs) == 24 and "24 jobs" in text
     bounds = {"hidden_fan_in": lambda m, w, k: m ** -0.5, "wide_fan_in": lambda m, w, k: m ** -0.5,
-              "glorot_hidden": lambda m, w, k: (6 / (m + w)) ** 0.5, "glorot_wide": lambda m, w, k: (6 / (m + k * w)) ** 0.5}
+              "glorot_hidden": lambda m, w, k: (6 / (m + w)) ** 0.5,
+              "glorot_wide": lambda m, w, k: (6 / (m + k * w)) ** 0.5}
     for row in table("init_ablation/README.md", "| init | weight bound"):
         init = row[0].split()[0].strip("`")
         first, second = bounds[init](784, 10, 100), bounds[init](1000, 10, 100)
@@ -533,9 +536,8 @@ def test_fashion_mnist_plot_tables_and_prose():
     assert sum(int(three[n]["jobs"]) for n in order) == 15 and "all 15 jobs finished" in text
     dense = f(three, "dense_wide", "final_train_loss")
     narrow = f(three, "dense_narrow", "final_train_loss")
-    check(text, "RPP ends", f(three, "rpp", "final_train_loss") - dense, 1000, f(three, "rpp_nobias",
-                                                                                "final_train_loss") - dense, 0.03, narrow - f(three, "rpp", "final_train_loss"), 10, narrow - f(three, "rpp_nobias",
-                                                                                 "final_train_loss"))
+    rpp, nobias = f(three, "rpp", "final_train_loss"), f(three, "rpp_nobias", "final_train_loss")
+    check(text, "RPP ends", rpp - dense, 1000, nobias - dense, 0.03, narrow - rpp, 10, narrow - nobias)
     finals = {n: [figure_curve(FIGURE, n, seed)[29][0] for seed in range(3)] for n in order}
     spreads = [v for n in order[:4] for v in (min(finals[n]), max(finals[n]))]
     check(text, "the final losses spread", *spreads[:6], 1000, *spreads[6:], 10)
@@ -780,9 +782,8 @@ def test_benchmark_before_the_fused_step():
     gpu_times = re.findall(r"stored (\d+) / (\d+) us \(([\d.]+)x\), shared \d+ / \d+ us \(([\d.]+)x\), "
                            r"generated \d+ / \d+ us \(([\d.]+)x\)",
                            (EXPERIMENTS / "rpp_layer_benchmark" / "gpu_checks_h200.log").read_text())
-    gpu_ratio = {(784, "stored"): gpu_times[0][2], (784, "shared"): gpu_times[0][3], (784, "generated"): gpu_times[0][4],
-                 (1000, "stored"): gpu_times[1][2], (1000, "shared"): gpu_times[1][3],
-                 (1000, "generated"): gpu_times[1][4]}
+    gpu_ratio = {(m, mode): times[2 + i] for m, times in zip((784, 1000), gpu_times)
+                 for i, mode in enumerate(("stored", "shared", "generated"))}
     assert len(body) == 6
     for shape, mode, cpu_time, h200, h200_gpu, persist, saved in body:
         m = int(shape.split(",")[0])

@@ -123,22 +123,39 @@ chaos: setup  ## faults in every phase of a small real job (kills, signals, dama
 	$(PY) tests/chaos.py --rounds $(ROUNDS) --seed $(SEED) --work outputs/chaos
 
 # Mutation testing (experiments/mutation/README.md): mutmut changes one thing at a time in the functions whose
-# results reach a figure or a table, and runs the fast tests that cover it; a mutant that no test notices survives.
-# Functions are picked by mutmut's mutant names (module.x_function__mutmut_N); `MUTATE='rppnets.data.*'` picks others.
+# results reach a figure, a table or a run's records, and runs the fast tests that cover it; a mutant that no test
+# notices survives. Functions are picked by mutmut's mutant names (module.x_function__mutmut_N, or
+# module.xǁClassǁmethod__mutmut_N); `MUTATE='rppnets.data.*'` picks others. One name per module group:
 MUTATE_MODELS := 'rppnets.models.x_count_*' 'rppnets.models.x_rpp_trainable__*' 'rppnets.models.x_dense_trainable__*'
-MUTATE_REPORT := $(foreach f,loss_band curve_rows final_train_loss mean_epoch_s summary_row summarize by_network \
-	_mean _present,'rppnets.analysis.report_data.x_$(f)__*') \
-	$(foreach f,read_job read_curve state_counts,'rppnets.records.jobs.x_$(f)__*')
+MUTATE_REPORT := 'rppnets.analysis.report_data.x*'
+MUTATE_JOBS := 'rppnets.records.jobs.x*'
 MUTATE_DATA := 'rppnets.data.batches.x*InMemoryBatches*' 'rppnets.data.idx.x_load_split__*' \
 	$(foreach f,setup train_dataloader val_dataloader test_dataloader state_dict,'rppnets.data.datamodule.x*InMemoryDataModule*$(f)__*')
-MUTATE_RUN_FOLDER := 'rppnets.records.run_folder.x_finite_or_none__*' 'rppnets.records.run_folder.x_file_digest__*' \
-	$(foreach f,finished_results digests set_aside write_json read_json_or_reason,'rppnets.records.run_folder.x*RunFolder*$(f)__*') \
-	$(foreach f,config_hash experiment_hash model_name run_name,'rppnets.training.pipeline.x_$(f)__*')
+MUTATE_RUN_FOLDER := 'rppnets.records.run_folder.x*'
+# the run's identity and where it resumes (train()'s Lightning fit itself is left to tests/test_faults.py)
+MUTATE_PIPELINE := $(foreach f,config_hash _resolved_anywhere run_hash experiment_hash model_name run_name data_sizes \
+	check_config _resume_point,'rppnets.training.pipeline.x_$(f)__*')
+MUTATE_RESUME := 'rppnets.training.resume.x*'
+# what needs no Lightning fit: the writer, the write error, the signals, reading a checkpoint, requeueing, random states
+MUTATE_CHECKPOINTING := $(foreach c,AtomicCheckpointIO StopSignals RandomStates Preempted,\
+	'rppnets.training.checkpointing.x*$(c)*') $(foreach f,_write_error read_checkpoint checkpoint_progress \
+	requeue_slurm_job,'rppnets.training.checkpointing.x_$(f)__*')
+MUTATE_HISTORY := 'rppnets.training.history.x*'
+MUTATE_LOGGERS := 'rppnets.training.loggers.x*'
+MUTATE_CLASSIFIER := 'rppnets.training.classifier.x*'
+MUTATE_RESOURCES := 'rppnets.resources.x*'
+MUTATE_SLURM := 'hydra_plugins.rppnets_slurm.slurm_launcher.x*'
+# the grid's summary and table (not the measuring subprocesses)
+MUTATE_WIDTH_LIMIT := $(foreach f,model_config default_widths midpoint measured_bytes read_rows append_row _fmt_bytes \
+	limits stop_reason summary_markdown,'rppnets.analysis.width_limit.x_$(f)__*')
 MUTATE_PERMUTATION := $(foreach f,_mix _absorb round_keys feistel_bits round_shape _feistel permuted_rows index_dtype \
 	build_index random_index,'rppnets.layers.permutation.x_$(f)__*')
-MUTATE ?= $(MUTATE_MODELS) $(MUTATE_REPORT) $(MUTATE_DATA) $(MUTATE_RUN_FOLDER) $(MUTATE_PERMUTATION)
+MUTATION_CHILDREN ?= 1  # mutmut's workers; one leaves a core to the rest of the machine
+MUTATE ?= $(MUTATE_MODELS) $(MUTATE_REPORT) $(MUTATE_JOBS) $(MUTATE_DATA) $(MUTATE_RUN_FOLDER) $(MUTATE_PIPELINE) \
+	$(MUTATE_RESUME) $(MUTATE_CHECKPOINTING) $(MUTATE_HISTORY) $(MUTATE_LOGGERS) $(MUTATE_CLASSIFIER) \
+	$(MUTATE_RESOURCES) $(MUTATE_SLURM) $(MUTATE_WIDTH_LIMIT) $(MUTATE_PERMUTATION)
 
 .PHONY: mutation
-mutation: setup  ## mutation testing of split, resume, counts, report and P (mutmut, 1-3 hours; not in CI)
-	RPPNETS_CPU_KERNELS=0 OMP_NUM_THREADS=1 WANDB_MODE=disabled $(VENV)/bin/mutmut run $(MUTATE)
+mutation: setup  ## mutation testing of split, run records, resume, counts, report and P (mutmut, hours; not in CI)
+	RPPNETS_CPU_KERNELS=0 OMP_NUM_THREADS=1 WANDB_MODE=disabled $(VENV)/bin/mutmut run --max-children $(MUTATION_CHILDREN) $(MUTATE)
 	$(VENV)/bin/mutmut results

@@ -18,7 +18,12 @@ uses them.
   yet the default: written without a GPU, it is unmeasured; choose by measurement
   (benchmarks/gpu_checks.sh bench prints both).
 - "eager": the reference, in plain PyTorch (index_select, and bincount on the CPU or a gather through
-  P^-1 and a sum elsewhere); the CPU backends give exactly its W_p, and "cpu" exactly its dW too.
+  P^-1 and a sum elsewhere); the CPU backends give exactly its W_p. On the CPU its backward sums in the fused
+  kernel's blocks and runs (backward_by_runs), so "cpu-fused" gives exactly its y, dx and dW; "cpu" exactly its W_p
+  and fold, and dx and dW within float rounding (summed through the whole W_p, as whole_backward does).
+
+On the CPU none of these sums depends on the thread count (tests/test_thread_determinism.py); the products that MKL
+computes by itself (not inside the fused kernels' runs) are MKL's, which gave the same bits at 1 and 2 threads.
 """
 
 import functools
@@ -180,9 +185,58 @@ class EagerBackend:
             grad_x = None if weight is None else torch.mm(summed.to(grad_y.dtype), weight.to(grad_y.dtype).t())
             return grad_x, None if x is None else torch.mm(x.t().to(summed.dtype), summed)
         perm = self.for_backward(perm)
+        if grad_y.device.type == "cpu":  # as the CPU default (the fused kernels) sums: the same bits with them or not
+            return self.backward_by_runs(grad_y, x, weight, perm)
+        return self.whole_backward(grad_y, x, weight, perm)
+
+    def whole_backward(self, grad_y, x, weight, perm: Permutation):
+        """backward through the whole W_p and dW_p: two products, and dW folded from dW_p."""
         grad_x = None if weight is None else torch.mm(grad_y, self.permuted_weight(weight.to(grad_y.dtype), perm).t())
         grad_weight = None if x is None else self.fold(torch.mm(x.t(), grad_y), perm)
         return grad_x, grad_weight
+
+    def backward_by_runs(self, grad_y, x, weight, perm: Permutation):
+        """backward summed as the fused C++ kernel sums it (csrc/cpu_kernels.cpp, fused_backward), so that the
+        kernels' results and these are the same bits: W_p's columns in blocks of FUSED_BLOCK, the blocks in at most
+        FUSED_RUNS runs; each run adds its blocks' products into its own dx, in block order, and folds its dW_p into
+        its own columns of dW entry by entry in the order of (block, row, column); the runs' sums are then added in
+        run order."""
+        m, n, columns = perm.m, perm.n, perm.k * perm.n
+        accumulate = accumulate_dtype(grad_y.dtype)
+        blocks = -(-columns // FUSED_BLOCK)
+        runs = min(FUSED_RUNS, blocks)
+        starts = [min(run * blocks // runs * FUSED_BLOCK, columns) for run in range(runs + 1)]
+        tiles = None if weight is None else self.permuted_weight(weight.to(grad_y.dtype), perm)
+        rows = None if x is None else self.rows(perm).long()
+        signs = None if perm.signs is None or x is None else 1 - 2 * perm.negative().to(accumulate)
+        grad_x = grad_weight = None
+        for start, end in zip(starts, starts[1:]):
+            dx = dw_terms = dw_index = None
+            for c0 in range(start, end, FUSED_BLOCK):
+                c1 = min(c0 + FUSED_BLOCK, end)
+                dy = grad_y[:, c0:c1]
+                if tiles is not None:
+                    product = torch.mm(dy, tiles[:, c0:c1].contiguous().t())
+                    dx = product.to(accumulate) if dx is None else dx.add_(product)
+                if rows is not None:  # this block's terms, row by row, and where they go among the run's columns
+                    terms = torch.mm(x.t(), dy).to(accumulate)
+                    if signs is not None:
+                        terms = terms * signs[:, c0:c1]
+                    local = (torch.arange(c0, c1) - start) % n  # column l of the run's dW holds W's (start + l) % n
+                    width = min(n, end - start)
+                    index = rows[:, c0:c1] * width + local
+                    dw_terms = [*(dw_terms or []), terms.reshape(-1)]
+                    dw_index = [*(dw_index or []), index.reshape(-1)]
+            if dx is not None:
+                grad_x = dx if grad_x is None else grad_x.add_(dx)
+            if dw_terms is not None:  # bincount adds in the order given: (block, row, column), from 0
+                width = min(n, end - start)
+                part = torch.bincount(torch.cat(dw_index), torch.cat(dw_terms), minlength=m * width).view(m, width)
+                columns_of_w = (torch.arange(start, start + width)) % n
+                if grad_weight is None:
+                    grad_weight = torch.zeros(m, n, dtype=accumulate)
+                grad_weight[:, columns_of_w] += part
+        return None if grad_x is None else grad_x.to(grad_y.dtype), grad_weight
 
 
 class CppBackend(EagerBackend):
@@ -221,8 +275,10 @@ class CppBackend(EagerBackend):
 
     def backward(self, grad_y, x, weight, perm):
         perm = perm.signed_identity_as_rows()
-        if not self.fused or perm.kind == "identity":
+        if perm.kind == "identity":
             return super().backward(grad_y, x, weight, perm)
+        if not self.fused:  # materialising: the whole W_p and dW_p, dW folded by the kernel
+            return self.whole_backward(grad_y, x, weight, self.for_backward(perm))
         weight = None if weight is None else weight.to(grad_y.dtype)
         p, generated = perm.p.contiguous(), perm.kind == "keys"
         grad_x, grad_weight = self.module.fused_backward(grad_y, x, weight, p, generated, perm.m, perm.n, FUSED_BLOCK,

@@ -3,8 +3,9 @@
 The kernels: P generated from the round keys (each column's Feistel domain in a small vectorised
 table, then cycle walking), W_p gathered and dW folded reading P as stored (uint8, int16 or int32),
 and the fused step that never holds the whole W_p. P, W_p and dW are exactly those of the eager
-reference in rppnets.layers.backends; the fused step's products equal its within float rounding (they are
-summed by blocks). The tests compare them.
+reference in rppnets.layers.backends; so is the fused step, whose sums the eager CPU backward makes in the same
+blocks and runs (the runs fixed by the sizes, not the thread count: the same bits on any number of threads). The
+tests compare them.
 
 The first `kernel()` compiles them with torch.utils.cpp_extension (about 30 s; `make setup` does it
 once) into a build folder under TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions), compiled from
@@ -15,7 +16,7 @@ torch and Python versions. Checkouts that share one environment share one build 
 the copy, not a checkout's path); two environments with their own torch (two venvs, a conda env) get
 two builds side by side instead of rewriting one build file with their own paths and rebuilding each
 other's. Where the build fails (no C++ compiler), one warning is given and the eager reference is
-used, with the same results. RPPNETS_CPU_KERNELS=0 skips the kernels.
+used, with the same bits. RPPNETS_CPU_KERNELS=0 skips the kernels.
 """
 
 import functools

@@ -178,7 +178,7 @@ def test_time_limit_and_preemption_each_save_requeue_and_resume_to_the_uninterru
     for task, signal in ((0, "SIGUSR2"), (1, "SIGTERM")):
         log = logs(on_slurm, task)
         assert f"received {signal}" in log and f"SLURM job {array}_{task} requeued" in log, log[-3000:]
-        assert "resuming from epoch" in log, log[-3000:]
+        assert re.search(r": resuming (in|after|before) epoch \d", log), log[-3000:]
         shown = ended(f"{array}_{task}", slurm)
         assert shown["JobState"] == "COMPLETED" and int(shown["Restarts"]) >= 1
     jobs = [sorted(p.parent for p in sweep_dir.glob("*/results.json")) for sweep_dir in (on_slurm, reference)]
@@ -220,7 +220,10 @@ def test_a_cancelled_job_is_listed_unfinished_and_the_rerun_sweep_resumes_it(slu
 
     again = train_py(["-m", *args], env=slurm, timeout=240)
     assert again.returncode == 0 and "2 finished" in again.stdout, again.stdout[-3000:] + again.stderr[-3000:]
-    assert "resuming from epoch" in logs(on_slurm, 0) and "already finished in" in logs(on_slurm, 1)
+    assert re.search(r": resuming (in|after|before) epoch \d", logs(on_slurm, 0))
+    # the finished job is not submitted again: the new array has the cancelled job alone
+    assert re.search(r"#1 already finished in .*; not submitted", again.stdout + again.stderr), again.stdout[-3000:]
+    assert len([line for line in (again.stdout + again.stderr).splitlines() if "already finished" in line]) == 1
 
 
 def test_ddp_under_slurm_runs_one_rank_per_task_started_by_srun_like_one_process(slurm, tmp_path, fake_root):

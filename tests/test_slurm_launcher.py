@@ -159,6 +159,7 @@ def test_launch_submits_one_array_with_the_plugins_options_and_waits_for_every_j
     launcher = SlurmLauncher(submitit_folder=str(tmp_path / ".submitit"), max_num_timeout=3, timeout_min=60,
                              partition="gpu", cpus_per_task=4, additional_parameters={"mail": "x"})
     launcher.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "sweep"), "mode": "750"}}})
+    monkeypatch.setattr(launcher, "finished_job", lambda overrides, idx: None)  # nothing finished yet
     returns = launcher.launch([["seed=0"], ["seed=1"]], initial_job_idx=5)
     assert seen["init"] == {"cluster": "slurm", "folder": str(tmp_path / ".submitit"), "slurm_max_num_timeout": 3}
     assert seen["parameters"] == {"timeout_min": 60, "slurm_partition": "gpu", "cpus_per_task": 4,
@@ -171,3 +172,34 @@ def test_launch_submits_one_array_with_the_plugins_options_and_waits_for_every_j
     assert [r.return_value for r in returns] == [None, 1.0]
     assert (tmp_path / "sweep").is_dir() and (os.stat(tmp_path / "sweep").st_mode & 0o777) == 0o750
     assert launcher.params["submitit_folder"] == str(tmp_path / ".submitit")  # the launcher's own are left as given
+
+
+def test_finished_jobs_are_not_submitted_and_the_returns_keep_the_sweeps_order(tmp_path, monkeypatch):
+    submitted = {}
+
+    class Executor:
+        def __init__(self, **kwargs):
+            pass
+
+        def update_parameters(self, **kwargs):
+            pass
+
+        def map_array(self, function, overrides, keys, numbers, ids, states):
+            submitted.update(overrides=overrides, numbers=numbers, ids=ids)
+            return [FakeJob(f"60_{i}", result=JobReturn(status=JobStatus.COMPLETED, _return_value=float(n)))
+                    for i, n in enumerate(numbers)]
+
+    monkeypatch.setattr(submitit, "AutoExecutor", Executor)
+    launcher = SlurmLauncher(submitit_folder=str(tmp_path / ".submitit"), max_num_timeout=3)
+    launcher.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "sweep")}}})
+    finished = {0: 0.25, 2: 0.5}  # jobs 0 and 2 finished in an earlier run of the sweep
+    monkeypatch.setattr(launcher, "finished_job", lambda overrides, idx: (tmp_path / str(idx), finished[idx])
+                        if idx in finished else None)
+    returns = launcher.launch([["seed=0"], ["seed=1"], ["seed=2"], ["seed=3"]], initial_job_idx=0)
+    assert submitted == {"overrides": [["seed=1"], ["seed=3"]], "numbers": [1, 3], "ids": ["job_id_for_1",
+                                                                                            "job_id_for_3"]}
+    assert [r.return_value for r in returns] == [0.25, 1.0, 0.5, 3.0]
+
+    submitted.clear()  # every job finished: nothing is submitted at all
+    monkeypatch.setattr(launcher, "finished_job", lambda overrides, idx: (tmp_path, 0.0))
+    assert [r.return_value for r in launcher.launch([["seed=0"]], initial_job_idx=0)] == [0.0] and not submitted

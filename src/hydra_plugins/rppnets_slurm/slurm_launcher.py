@@ -3,6 +3,7 @@ a job that ends without a result (cancelled, failed, killed) listed at the sweep
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import subprocess
@@ -10,11 +11,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as SubmititSlurmLauncher
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict, read_write
 from submitit.core.utils import UncompletedJobError
 from submitit.slurm import slurm as submitit_slurm
 
@@ -78,7 +80,8 @@ class SlurmLauncher(SubmititSlurmLauncher):
     The plugin collects the jobs' results in order and raises at the first job that ended without one (scancel, a
     kill, a crash before its result), so the command returned while later jobs still ran and the sweep's end was
     never printed. Here such a job is logged and left to its folder: the sweep's end lists it as unfinished, and
-    rerunning the sweep resumes it. Submission is the plugin's: the same sbatch options from the same config.
+    rerunning the sweep resumes it. A job that has finished already is not submitted again. Submission is the
+    plugin's: the same sbatch options from the same config.
     """
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
@@ -94,14 +97,45 @@ class SlurmLauncher(SubmititSlurmLauncher):
         if "mode" in self.config.hydra.sweep:
             os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
         log.info(f"Submitit 'slurm' sweep output dir : {sweep_dir}")
-        indices = range(initial_job_idx, initial_job_idx + len(job_overrides))
-        for idx, overrides in zip(indices, job_overrides):
+        returns: dict[int, JobReturn] = {}  # by job number: the finished jobs', then the submitted ones'
+        for idx, overrides in enumerate(job_overrides, initial_job_idx):
             log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
-        jobs = executor.map_array(self, [list(o) for o in job_overrides], ["hydra.sweep.dir"] * len(indices),
-                                  list(indices), [f"job_id_for_{i}" for i in indices],
-                                  [Singleton.get_state()] * len(indices))
-        watcher = QueueWatcher()
-        return [self.result(job, watcher) for job in jobs]
+            if (finished := self.finished_job(overrides, idx)) is not None:
+                log.info(f"\t#{idx} already finished in {finished[0]}; not submitted")
+                returns[idx] = JobReturn(status=JobStatus.COMPLETED, _return_value=finished[1])
+        indices = [idx for idx in range(initial_job_idx, initial_job_idx + len(job_overrides)) if idx not in returns]
+        if indices:
+            jobs = executor.map_array(self, [list(job_overrides[i - initial_job_idx]) for i in indices],
+                                      ["hydra.sweep.dir"] * len(indices), indices,
+                                      [f"job_id_for_{i}" for i in indices], [Singleton.get_state()] * len(indices))
+            watcher = QueueWatcher()
+            returns |= {idx: self.result(job, watcher) for idx, job in zip(indices, jobs)}
+        return [returns[idx] for idx in sorted(returns)]
+
+    def finished_job(self, overrides: Sequence[str], idx: int) -> tuple[Path, float | None] | None:
+        """(run folder, val/loss) of a job of this sweep that has finished already, found as the job itself would
+        (train()'s skip_finished: a results.json of this very config); None if it must run. Submitting a finished
+        job would only queue it to print "already finished"."""
+        from rppnets.records.run_folder import RunFolder
+        from rppnets.training.pipeline import run_hash
+
+        config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        saved = HydraConfig.instance().cfg
+        try:
+            with open_dict(config):
+                config.hydra.job.num = idx
+                folder = Path(str(config.hydra.sweep.dir)) / str(OmegaConf.select(config, "hydra.sweep.subdir"))
+                config.hydra.runtime.output_dir = str(folder.absolute())
+            HydraConfig.instance().set_config(config)  # the job's config resolves ${hydra:...} from it
+            task = copy.deepcopy(config)  # what the job's function is given: the config without its hydra node
+            with read_write(task), open_dict(task):
+                del task["hydra"]
+            if not (task.get("resume", True) and task.get("skip_finished", True)):
+                return None
+            results = RunFolder(folder).finished_results(run_hash(task))
+        finally:
+            HydraConfig.instance().cfg = saved
+        return None if results is None else (folder, (results.get("metrics") or {}).get("val/loss"))
 
     @staticmethod
     def result(job, watcher: QueueWatcher) -> JobReturn:

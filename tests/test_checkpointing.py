@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from rppnets.training import checkpointing
-from rppnets.training.checkpointing import (STOP_SIGNALS, AtomicCheckpointIO, CheckpointError, Preempted,
+from rppnets.training.checkpointing import (STOP_GRACE_S, STOP_SIGNALS, AtomicCheckpointIO, CheckpointError, Preempted,
                                             RandomStates, StopSignals, _write_error, checkpoint_progress,
                                             read_checkpoint, requeue_slurm_job)
 
@@ -100,7 +100,7 @@ def test_a_stop_signal_is_remembered_and_a_second_stops_at_once(capsys):
         os.kill(os.getpid(), signal.SIGUSR1)
         assert signals.received == signal.SIGUSR1
         assert capsys.readouterr().out == ("\nreceived SIGUSR1: stopping at the next safe point (a checkpoint after "
-                                           "this step); send it again to stop at once\n")
+                                           f"this step, at most {STOP_GRACE_S} s away); send it again to stop at once\n")
         with pytest.raises(Preempted) as stopped:
             signals.check()
         assert stopped.value.signum == signal.SIGUSR1 and str(stopped.value) == "stopped by SIGUSR1"

@@ -190,7 +190,8 @@ def test_a_damaged_last_checkpoint_is_set_aside_and_the_previous_one_resumed(tmp
     point = resume_point(tmp_path)
     assert point.path == tmp_path / "checkpoints" / "previous.ckpt" and point.progress["global_step"] == 3
     out = capsys.readouterr().out
-    assert out.startswith(f"dense-w3-s0: cannot resume: {tmp_path / 'checkpoints' / 'last.ckpt'} is not a checkpoint of this project")
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert out.startswith(f"dense-w3-s0: cannot resume: {last} is not a checkpoint of this project")
     (reason, files), = aside(tmp_path).items()
     assert reason.startswith(f"resumed from previous.ckpt; refused: {tmp_path / 'checkpoints' / 'last.ckpt'} is not a")
     assert files == ["checkpoints/last.ckpt", "csv/metrics.csv", "results.json"]
@@ -205,7 +206,8 @@ def test_a_run_that_cannot_resume_starts_afresh_with_every_file_set_aside(tmp_pa
     moved = next(tmp_path.glob("replaced-*"))
     assert out[1] == f"dense-w3-s0: starting afresh; the previous attempt's files are in {moved}"
     (reason, files), = aside(tmp_path).items()
-    assert reason.startswith(f"started afresh: {tmp_path / 'checkpoints' / 'last.ckpt'} is not a checkpoint of this project")
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert reason.startswith(f"started afresh: {last} is not a checkpoint of this project")
     assert files == ["checkpoints/last.ckpt", "csv/metrics.csv", "results.json"]
 
 

@@ -56,7 +56,8 @@ def test_settings_come_from_the_jobs_hydra_config(tmp_path):
 
 
 def finished(folder, **results):
-    write_csv(folder / "csv" / "metrics.csv", [{"epoch": "0", "train/loss_epoch": "1.5"}], ["epoch", "train/loss_epoch"])
+    write_csv(folder / "csv" / "metrics.csv", [{"epoch": "0", "train/loss_epoch": "1.5"}],
+              ["epoch", "train/loss_epoch"])
     (folder / "results.json").write_text(json.dumps({"status": "finished", "network": "rpp", "seed": 1, "group": "g",
                                                      "experiment_hash": "e", "metrics": {"test/acc": 0.5}} | results))
 
@@ -115,7 +116,6 @@ def test_a_finished_job_whose_csv_cannot_be_read_is_unfinished(tmp_path):
     assert job.state == "unfinished" and job.metrics == {}
     assert job.reason.startswith(f"{tmp_path / 'elsewhere' / 'metrics.csv'} cannot be read (FileNotFoundError: ")
     assert job.reason.endswith("; no checkpoint")
-    (tmp_path / "csv" / "metrics.csv").write_text("epoch,train/loss_epoch\n0,not a number\n")
     finished_again = json.loads((tmp_path / "results.json").read_text())
     del finished_again["csv"]
     (tmp_path / "results.json").write_text(json.dumps(finished_again))

@@ -114,7 +114,7 @@ def test_build_loggers_builds_each_one_and_skips_those_turned_off(fresh, tmp_pat
                             "off": None, "wandb": {"_target_": TARGET}})
     built = build_loggers(cfg, {"a": 1}, wandb_id="w", resume=True)
     assert [type(logger) for logger in built] == [RunHistory, FakeWandbLogger]
-    assert built[1].kwargs["id"] == "w" and built[1].kwargs["resume"] == "allow" and built[1].kwargs["config"] == {"a": 1}
+    assert (built[1].kwargs["id"], built[1].kwargs["resume"], built[1].kwargs["config"]) == ("w", "allow", {"a": 1})
     assert build_loggers(None, {}) == [] and build_loggers(OmegaConf.create({}), {}) == []
 
 

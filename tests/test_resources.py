@@ -70,7 +70,8 @@ def test_building_a_large_index_can_be_the_peak(two_threads):
     # one layer 1,025 -> 100 (width 1, k 100): the Feistel network runs on 2,048 rows: building outweighs training
     model = {"kind": "rpp", "depth": 1, "width": 1, "k": 100}
     params = 1025 + 100 + 100 * 2 + 2
-    assert estimate_training_bytes(model, 1, in_features=1025, num_classes=2) == params * 4 + index_build_bytes(1025, 100)
+    expected = params * 4 + index_build_bytes(1025, 100)
+    assert estimate_training_bytes(model, 1, in_features=1025, num_classes=2) == expected
 
 
 # every kind, permutation and option, pinned (bytes); the width_limit record measures them

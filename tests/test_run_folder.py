@@ -76,7 +76,8 @@ def test_json_files_read_back_or_say_why_not(tmp_path):
     (tmp_path / "state").mkdir()
     assert "is damaged (IsADirectoryError: " in folder.read_json_or_reason("state")[1]
     folder.write_json("results.json", {"a": 1})
-    assert folder.read_json_or_reason("results.json") == ({"a": 1}, None) and folder.read_json("results.json") == {"a": 1}
+    assert folder.read_json_or_reason("results.json") == ({"a": 1}, None)
+    assert folder.read_json("results.json") == {"a": 1}
 
 
 def test_json_is_written_strict_and_indented(tmp_path):

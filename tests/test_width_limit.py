@@ -134,7 +134,8 @@ def test_grid_stops_at_a_refusal_and_a_rerun_measures_nothing_again(tmp_path, mo
 
 
 def grid_row(method, width, status, **values):
-    return {"method": method, "width": str(width), "status": status} | {key: str(value) for key, value in values.items()}
+    row = {"method": method, "width": str(width), "status": status}
+    return row | {key: str(value) for key, value in values.items()}
 
 
 SUMMARY_ROWS = [

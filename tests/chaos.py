@@ -15,6 +15,7 @@ import csv
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -37,6 +38,7 @@ DAMAGEABLE = ["checkpoints/last.ckpt", "checkpoints/previous.ckpt", "csv/metrics
               "run_state.json"]
 VARYING = ("time/", "memory/peak_rss", "_runtime", "_timestamp")  # differ between any two runs
 MAX_ATTEMPTS = 6
+RESUMED = re.compile(r": resuming (in|after|before) epoch \d")  # the run's resume line (rppnets.training.pipeline.resume_line)
 MAX_DRAWS = 5  # a round whose faults keep finding the job ended this many times fails
 KINDS = ("kill", "signal", "step-signal", "damage", "disk")
 # The phases of a job's life, in order, as the job's output tells them (phase_of).
@@ -50,7 +52,7 @@ def phase_of(lines: list[str]) -> str:
     marks = [line[len(PHASE_MARK):] for line in lines if line.startswith(PHASE_MARK)]
     if not marks:
         return STARTING  # imports, data, model, resume, loggers
-    if marks[-1] == "training epoch 1" and not any("resuming from" in line for line in lines):
+    if marks[-1] == "training epoch 1" and not any(RESUMED.search(line) for line in lines):
         return FIRST_EPOCH
     if marks[-1].startswith("training"):
         return TRAINING
@@ -280,7 +282,10 @@ class Chaos:
                 problems.append(f"{detail} in {phase}: exit {returncode}:\n" + "\n".join(output[-40:]))
         elif returncode == 128 + signum:  # stopped at a safe point, as the signal asked
             landed = True
-        elif returncode == -signum and phase in (STARTING, AFTER):  # before or after the run's stop handler
+        elif returncode == -signum and (phase in (STARTING, AFTER)
+                                        or any(line.startswith(f"stopped by {signum.name}") for line in output)):
+            # the signal's default action: before or after the run's stop handler was in, or a second signal that
+            # came once the run had stopped (checkpoint saved, stop line printed), as its process ended
             landed = True
         elif returncode == 0 and said == len(output) and phase == AFTER:  # ended before the signal came
             landed = False

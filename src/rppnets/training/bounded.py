@@ -18,6 +18,9 @@ import time
 # How long a new thread may take to say it started (microseconds normally, on a loaded machine a few milliseconds).
 THREAD_START_S = 5.0
 _POLL_S = 0.05  # how often a waiting start() looks for a failure reported by the thread itself
+# How long a wait may go on once the run is being stopped (a stop signal came): a user stopping a run, or SLURM
+# before its kill, wants it to end soon.
+STOPPING_S = 5.0
 # Address space held back from the start of a run and given back when it fails: recording why it failed needs memory.
 RESERVE_BYTES = 32 << 20
 
@@ -96,9 +99,13 @@ def bounded_thread_starts():
         threading.Thread.start, sys.unraisablehook = original_start, original_hook
 
 
-def call_within(seconds: float, what: str, fn, *args, **kwargs):
+def call_within(seconds: float, what: str, fn, *args, stopping=None, **kwargs):
     """``fn(*args, **kwargs)`` in a thread of its own, waited on for at most `seconds`: WaitTimeout naming `what`
-    if it has not returned by then (the thread is left to end whenever it does), else its value or its error."""
+    if it has not returned by then (the thread is left to end whenever it does), else its value or its error.
+
+    `stopping`, a function saying whether the run is being stopped, cuts the wait to at most STOPPING_S from the
+    moment it first says so (from the start if it does then), whichever ends first.
+    """
     done, outcome = threading.Event(), {}
 
     def work():
@@ -110,8 +117,17 @@ def call_within(seconds: float, what: str, fn, *args, **kwargs):
             done.set()
 
     threading.Thread(target=work, name=what, daemon=True).start()
-    if not done.wait(seconds):
-        raise WaitTimeout(f"{what} did not answer within {seconds:g} s")
+    deadline, bound = time.monotonic() + seconds, f"{seconds:g} s"
+    while not done.is_set():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise WaitTimeout(f"{what} did not answer within {bound}")
+        if stopping is not None and stopping():
+            stopping = None  # looked at until it first says so
+            if STOPPING_S < left:
+                deadline, bound = time.monotonic() + STOPPING_S, f"{STOPPING_S:g} s of the stop signal"
+            continue
+        done.wait(left if stopping is None else min(left, _POLL_S))
     if "error" in outcome:
         raise outcome["error"]
     return outcome.get("value")

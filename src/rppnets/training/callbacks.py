@@ -55,13 +55,30 @@ class ModelStats(RunMetrics):
 
 
 class EpochTimer(pl.Callback):
-    """Logs ``time/epoch_s`` (training batches only, validation excluded) and ``time/samples_per_s``."""
+    """Logs ``time/epoch_s`` (training batches only, validation excluded) and ``time/samples_per_s``.
+
+    The epoch in progress travels in each checkpoint (its training seconds and samples so far): a run stopped
+    mid-epoch and resumed reports that epoch's whole time and all its samples, not only those after the resume.
+    """
+
+    def __init__(self):
+        self.start: float | None = None  # when this attempt's part of the current epoch began; None between epochs
+        self.before = 0.0  # seconds of the current epoch trained before this attempt (from the checkpoint resumed)
+        self.elapsed: float | None = None  # the epoch's training seconds, once its training batches are done
+        self.samples = 0  # the epoch's training samples so far, those before this attempt included
+        self.device = torch.device("cpu")
 
     def on_train_epoch_start(self, trainer, pl_module):
-        self.start, self.elapsed, self.samples = self._now(pl_module), None, 0
+        self.before, self.samples = 0.0, 0
+        self._go_on(pl_module)
 
-    # A run resumed mid-epoch gets no epoch start: time the rest of that epoch from the start of training.
-    on_train_start = on_train_epoch_start
+    def on_train_start(self, trainer, pl_module):
+        # A run resumed mid-epoch gets no epoch start: that epoch goes on from the checkpoint's seconds and samples.
+        self._go_on(pl_module)
+
+    def _go_on(self, pl_module) -> None:
+        self.device = pl_module.device
+        self.start, self.elapsed = self._now(), None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.samples += len(batch[0])
@@ -69,17 +86,28 @@ class EpochTimer(pl.Callback):
     def on_validation_start(self, trainer, pl_module):
         # Validation runs inside the training epoch: stop the clock when it begins.
         if not trainer.sanity_checking and self.elapsed is None:
-            self.elapsed = self._now(pl_module) - self.start
+            self.elapsed = self._so_far()
 
     def on_train_epoch_end(self, trainer, pl_module):
         if self.elapsed is None:
-            self.elapsed = self._now(pl_module) - self.start
+            self.elapsed = self._so_far()
         pl_module.log_dict({"time/epoch_s": self.elapsed, "time/samples_per_s": self.samples / self.elapsed})
+        self.start, self.before, self.samples = None, 0.0, 0  # the epoch's checkpoint has no epoch in progress
 
-    @staticmethod
-    def _now(pl_module) -> float:
-        if pl_module.device.type == "cuda":
-            torch.cuda.synchronize(pl_module.device)
+    def _so_far(self) -> float:
+        return self.before + self._now() - self.start
+
+    def state_dict(self) -> dict:
+        if self.start is None:  # between epochs
+            return {"epoch_s": 0.0, "samples": 0}
+        return {"epoch_s": self.elapsed if self.elapsed is not None else self._so_far(), "samples": self.samples}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.before, self.samples = float(state_dict.get("epoch_s", 0.0)), int(state_dict.get("samples", 0))
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
         return time.perf_counter()
 
 

@@ -1,6 +1,16 @@
-"""Loggers for a run: the CSV history (rppnets.training.history) always, and W&B (offline unless asked) that never stops a run."""
+"""Loggers for a run: the CSV history (rppnets.training.history) always, and W&B (offline unless asked) that never stops a run.
 
+W&B's trouble is said in one line. Its service process (wandb-core) that is gone or silent, whether killed alone or
+signalled with the whole job step as SLURM does, left a run's last output as W&B's own: asyncio's ``socket.send()
+raised exception.`` lines, and the traceback of W&B's exit hook (``Exception ignored in atexit callback``) after the
+run's stop line. Here the run lets go of a service that is gone (it is not finished, nor torn down at exit), and what
+W&B's machinery still prints as the process ends (records that reach logging's last resort, errors of its exit hook)
+is collapsed into that one line.
+"""
+
+import atexit
 import logging
+import threading
 import os
 import sys
 import warnings
@@ -10,7 +20,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import WandbLogger
 
-from rppnets.training.bounded import WaitTimeout, call_within
+from rppnets.training.bounded import STOPPING_S, WaitTimeout, call_within
 from rppnets.training.checkpointing import Preempted
 
 # Epoch-level metrics are charted against the epoch, not the global step.
@@ -26,7 +36,14 @@ WANDB_START_S = 30
 WANDB_CALL_S = 10
 WANDB_FINISH_S = 20
 WANDB_ONLINE_FINISH_S = 300
-_silent_service: str | None = None  # set when W&B's service did not answer: its run is then abandoned, not finished
+# Once a stop signal has come, finishing gets this long at most (bounded.STOPPING_S): a stopped run ends soon; an online
+# run's rest is uploaded later with `wandb sync`.
+WANDB_STOPPING_FINISH_S = STOPPING_S
+_silent_service: str | None = None  # set when W&B's service did not answer or was gone: its run is abandoned
+_said = threading.Event()  # set once this job's W&B line is printed: W&B's later noise adds nothing to it
+# What W&B's machinery still prints once its service is gone: logging records of these loggers that reach logging's
+# last resort (no handler of their own; asyncio's are those of W&B's event loop), and errors of W&B's exit hook.
+NOISY_LOGGERS = ("wandb", "asyncio")
 
 
 def build_loggers(logger_cfg: DictConfig, config: dict, wandb_id: str | None = None, resume: bool = False) -> list:
@@ -62,11 +79,11 @@ class ContainedWandbLogger(WandbLogger):
         except Preempted:  # a stop signal while waiting: the run's, not W&B's
             raise
         except Exception as err:
-            self.failed = f"{type(err).__name__}: {err}".splitlines()[0]
-            if isinstance(err, WaitTimeout):
+            self.failed = _one_line(err)
+            if isinstance(err, WaitTimeout) or _service_gone(err):
                 _silent_service = self.failed
-            print(f"W&B stopped logging ({self.failed}); the run goes on, its CSV and checkpoints keep the record",
-                  file=sys.stderr, flush=True)
+            _print_said(f"W&B stopped logging ({self.failed}); the run goes on, its CSV and checkpoints keep the "
+                        "record")
 
     def log_metrics(self, *args, **kwargs):
         return self._contained(super().log_metrics, *args, **kwargs)
@@ -85,6 +102,7 @@ def start_wandb(cfg: DictConfig, config: dict, wandb_id: str | None = None, resu
     """Start the W&B run for this job with the resolved `config`; offline if the online start fails."""
     global _online_failed
     _forget_inherited_wandb_service()
+    _said.clear()  # this job's W&B line is its own
     import wandb
 
     if get_class(cfg._target_) is WandbLogger:  # a config naming Lightning's own logger is contained all the same
@@ -109,6 +127,7 @@ def start_wandb(cfg: DictConfig, config: dict, wandb_id: str | None = None, resu
                       "(for the rest of this process too).")
         _abandon_service()  # the failed start still holds the run id in W&B's service process
         logger = _started(cfg, "offline", kwargs)
+    _quiet_exit_of_wandb()
     return logger
 
 
@@ -143,20 +162,23 @@ def _without_anonymous(logger):
     return logger
 
 
-def finish_wandb(exit_code: int | None = None, preempted: bool = False) -> None:
+def finish_wandb(exit_code: int | None = None, preempted: bool = False, stopping=None) -> None:
     """Close this process's W&B run, if any, so the next job of a multirun starts its own.
 
-    A non-zero `exit_code` marks the run failed; `preempted` marks it as stopped to be resumed. W&B failing to
-    finish (a full disk) is said in one line and never replaces the run's own outcome: the CSV is the record.
+    A non-zero `exit_code` marks the run failed; `preempted` marks it as stopped to be resumed. `stopping` (a function
+    saying whether a stop signal has come) cuts the wait to WANDB_STOPPING_FINISH_S once it says so, as `preempted`
+    does from the start. W&B failing to finish (a full disk, its service gone or silent) is said in one line and never
+    replaces the run's own outcome: the CSV is the record.
     """
     global _silent_service
     wandb = sys.modules.get("wandb")  # never imported: nothing to close (and W&B need not be installed)
     if wandb is None or wandb.run is None:
         return
-    if _silent_service is not None:  # it did not answer during the run: finishing would wait for it too
+    if _silent_service is not None:  # it did not answer, or was gone, during the run: finishing would wait for it too
+        cause = _silent_service
         _abandon_service()
-        print(f"W&B's service did not answer ({_silent_service}); its run is left unfinished, the run's CSV and "
-              "results.json are unaffected", file=sys.stderr)
+        _say(f"W&B's service did not answer ({cause}); its run is left unfinished, the run's CSV and "
+             "results.json are unaffected")
         return
     run = wandb.run
 
@@ -166,35 +188,144 @@ def finish_wandb(exit_code: int | None = None, preempted: bool = False) -> None:
         run.finish(exit_code=exit_code)
 
     online = getattr(run.settings, "mode", "offline") not in ("offline", "dryrun")
+    bound = WANDB_ONLINE_FINISH_S if online else WANDB_FINISH_S
+    if preempted:
+        bound = min(bound, WANDB_STOPPING_FINISH_S)
     try:
-        call_within(WANDB_ONLINE_FINISH_S if online else WANDB_FINISH_S, "W&B's service (finishing the W&B run)", finish)
+        call_within(bound, "W&B's service (finishing the W&B run)", finish, stopping=stopping)
     except Preempted:
         raise
     except Exception as err:
-        if isinstance(err, WaitTimeout):
-            _abandon_service()
-        print(f"W&B could not finish its run ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
-              "the run's CSV and results.json are unaffected", file=sys.stderr)
+        if isinstance(err, WaitTimeout) or _service_gone(err):
+            _abandon_service()  # neither the next job's start nor the process's exit waits for it, or tries it again
+        if _service_gone(err):
+            _say(f"W&B's service was gone ({_one_line(err)}); its run is left unfinished, the run's CSV and "
+                 "checkpoints keep the record")
+        else:
+            _print_said(f"W&B could not finish its run ({_one_line(err)}); the run's CSV and results.json are "
+                        "unaffected")
+
+
+def _one_line(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}".splitlines()[0]
+
+
+def _print_said(line: str) -> None:
+    """Print a line about W&B that is news whatever was said before (its first failure mid-run, a failure to finish
+    that is not its service gone); W&B's noise after it adds nothing."""
+    _said.set()
+    print(line, file=sys.stderr, flush=True)
+
+
+def _say(line: str) -> None:
+    """Print this job's one line about W&B's service gone or silent, unless a line about W&B was printed already."""
+    with _say_lock:
+        if _said.is_set():
+            return
+        _said.set()
+    print(line, file=sys.stderr, flush=True)
+
+
+_say_lock = threading.Lock()
+
+
+def _service_process():
+    """This process's own W&B service process (wandb-core, a ``subprocess.Popen``), or None."""
+    try:
+        from wandb.sdk import wandb_setup
+    except ImportError:  # a stand-in for W&B (tests)
+        return None
+    setup = wandb_setup._singleton
+    process = getattr(getattr(getattr(setup, "_connection", None), "_proc", None), "_process", None)
+    return process if process is not None and getattr(setup, "_pid", None) == os.getpid() else None
+
+
+def _service_gone(err: BaseException | None = None) -> bool:
+    """Whether W&B's service has ended: `err` is a lost connection to it, or its process has exited."""
+    if isinstance(err, (ConnectionError, EOFError)) or type(err).__name__ == "MailboxClosedError":
+        return True
+    if "wandb" not in sys.modules:
+        return False
+    process = _service_process()
+    return process is not None and process.poll() is not None
 
 
 def _abandon_service() -> None:
-    """End this process's own W&B service, which does not answer (or holds a failed start), and W&B's side of it, so
-    that neither this run's end, the next job's start nor the process's exit waits for it."""
+    """End this process's own W&B service, which does not answer (or holds a failed start, or is gone), and W&B's side
+    of it, so that neither this run's end, the next job's start nor the process's exit waits for it."""
     global _silent_service
     _silent_service = None
     import wandb
-    from wandb.sdk import wandb_setup
     from wandb.sdk.lib import module
 
-    setup = wandb_setup._singleton
-    process = getattr(getattr(getattr(setup, "_connection", None), "_proc", None), "_process", None)
-    if process is not None and getattr(setup, "_pid", None) == os.getpid():  # our own child, never another's
+    process = _service_process()
+    if process is not None:  # our own child, never another's
         process.kill()
-    try:
+    try:  # W&B's teardown, its exit hook unregistered first: the process's exit does not try it again
         call_within(WANDB_CALL_S, "W&B's teardown", wandb.teardown)
     except (Exception, SystemExit):  # W&B exits with the killed service's status; the service is gone
         pass
     module.unset_globals()  # its run never finished: the next job starts its own
+
+
+class _QuietLastResort(logging.Handler):
+    """Logging's last resort (records of a logger with no handler: a bare line on stderr), through which W&B's
+    records (NOISY_LOGGERS) become the job's one W&B line; any other logger's record prints as before."""
+
+    def __init__(self, original: logging.Handler):
+        super().__init__(original.level)
+        self.original = original
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        if record.name.split(".")[0] not in NOISY_LOGGERS:
+            return self.original.handle(record)
+        _say(f"W&B's service went away ({record.getMessage().splitlines()[0]}); its run may be left unfinished, the "
+             "run's CSV and checkpoints keep the record")
+        return True
+
+    def emit(self, record: logging.LogRecord) -> None:  # handle() decides
+        self.original.emit(record)
+
+
+def _quiet_exit_of_wandb() -> None:
+    """Where a process that runs W&B produces its last output: logging's last resort collapses W&B's records (from now
+    on), and the exit hook `_at_exit` runs before W&B's own (registered after it, atexit runs the last first)."""
+    if not isinstance(logging.lastResort, _QuietLastResort):
+        logging.lastResort = _QuietLastResort(logging.lastResort or logging.StreamHandler())
+    atexit.unregister(_at_exit)
+    atexit.register(_at_exit)
+
+
+def _at_exit() -> None:
+    """At the process's exit, before W&B's own exit hook: a service that is gone is let go of (W&B's hook would send it
+    a teardown and print the ConnectionResetError's traceback); whatever W&B's hook raises all the same (its service
+    ended during it) is the one W&B line."""
+    original = sys.unraisablehook
+
+    def hook(unraisable):
+        if _from_wandb(unraisable):
+            error = unraisable.exc_value or unraisable.exc_type()
+            _say(f"W&B's service was gone at exit ({_one_line(error)}); the run's CSV and checkpoints keep the "
+                 "record")
+        else:
+            original(unraisable)
+
+    sys.unraisablehook = hook
+    if "wandb" in sys.modules and _service_gone():
+        _abandon_service()
+        _say("W&B's service was gone at exit; the run's CSV and checkpoints keep the record")
+
+
+def _from_wandb(unraisable) -> bool:
+    """Whether an error Python could only print ("Exception ignored in ...") was raised by W&B or its event loop."""
+    if str(getattr(unraisable.object, "__module__", "") or "").split(".")[0] in ("wandb", "asyncio"):
+        return True
+    tb = unraisable.exc_traceback
+    while tb is not None:
+        if tb.tb_frame.f_globals.get("__name__", "").split(".")[0] == "wandb":
+            return True
+        tb = tb.tb_next
+    return False
 
 
 @contextmanager

@@ -374,7 +374,8 @@ def _train(cfg: DictConfig, folder: RunFolder, config: dict, this_hash: str, wri
         signals.settle()  # the run reached its end: no stop may cut its records short now
         reserve.release()
         stopped = isinstance(failure, (Preempted, KeyboardInterrupt))
-        finish_wandb(exit_code=None if failure is None else 1, preempted=stopped)
+        finish_wandb(exit_code=None if failure is None else 1, preempted=stopped,
+                     stopping=lambda: signals.received is not None)  # a stop now: W&B's finish gets less time
         if failure is not None and writer:
             if stopped:
                 signum = getattr(failure, "signum", signal.SIGINT)

@@ -274,3 +274,19 @@ def test_random_states_restore_every_generator_through_a_checkpoint_file(tmp_pat
     again = (random.random(), np.random.normal(), np.random.randint(1 << 30), torch.rand(3))
     assert expected[:3] == again[:3] and torch.equal(expected[3], again[3])
     assert "cuda" not in saved or torch.cuda.is_initialized()
+
+
+def test_a_stop_signal_arms_the_grace_timer_until_the_run_settles():
+    with StopSignals() as signals:
+        assert signal.getitimer(signal.ITIMER_REAL)[0] == 0
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert 0 < signal.getitimer(signal.ITIMER_REAL)[0] <= STOP_GRACE_S  # still running then: stopped at once
+        signals.settle()  # the run records how it ended: no longer stopped by the timer
+        assert signals.settled and signal.getitimer(signal.ITIMER_REAL)[0] == 0
+    with StopSignals() as signals:
+        signals.settle()
+        os.kill(os.getpid(), signal.SIGUSR2)  # a signal at the very end arms no timer
+        assert signals.received == signal.SIGUSR2 and signal.getitimer(signal.ITIMER_REAL)[0] == 0
+        with pytest.raises(Preempted):
+            os.kill(os.getpid(), signal.SIGUSR1)  # a second one still stops at once
+    assert signal.getitimer(signal.ITIMER_REAL)[0] == 0

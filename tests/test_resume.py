@@ -95,7 +95,8 @@ def test_a_checkpoint_lacking_tensors_is_refused_naming_the_first_three(tmp_path
     point, refused = find_resume_point([path], IDENTITY, net())
     assert point is None and refused[path] == f"{path} lacks the model's 0.bias, 1.bias, 1.weight"
     empty = write(tmp_path / "empty.ckpt", state_dict={})
-    assert find_resume_point([empty], IDENTITY, net())[1][empty].startswith(f"{empty} lacks the model's 0.bias")
+    refused = find_resume_point([empty], IDENTITY, net())[1]
+    assert refused[empty] == f"{empty} lacks the model's 0.bias, 0.weight, 1.bias"  # the first three of four
 
 
 def test_extra_tensors_in_a_checkpoint_do_not_stop_a_resume(tmp_path):
@@ -124,3 +125,6 @@ def test_differing_keys_lists_dotted_keys_in_order_up_to_the_limit_then_a_count(
     four = differing_keys({"a": 1, "b": 1, "c": 1, "d": 1}, {})
     assert len(four) == 4 and four[-1] == "d: 1 there, '<absent>' here"
     assert differing_keys({"a": {"b": 1}}, {"a": {"b": 1}}) == []
+    # a key set to null on one side and absent on the other differs too
+    assert differing_keys({"lr": None}, {}) == ["lr: None there, '<absent>' here"]
+    assert differing_keys({}, {"lr": None}) == ["lr: '<absent>' there, None here"]

@@ -19,6 +19,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from rppnets.training.checkpointing import Preempted, requeue_slurm_job
 import rppnets.schemas  # noqa: F401  (registers the config schemas before Hydra composes)
+from rppnets.data import DataNotFoundError
 from rppnets.console import hydra_value, program, shell_line, shell_word, silence_known_noise
 from rppnets.records.run_folder import RESULTS, RunFolder
 from rppnets.training.sweep import SweepOutcome, job_dirname  # noqa: F401  (job_dirname: registers its resolver)
@@ -49,9 +50,10 @@ def main(cfg: DictConfig) -> float | None:
             return None  # the signal was for this job alone: the sweep's end lists it as unfinished
         sys.exit(128 + stop.signum)  # under submitit: no result yet, so its launcher waits for the requeued job
     except ConfigError as err:
-        print(f"Invalid config: {err}", file=sys.stderr)
+        what = "no data" if caused_by(err, DataNotFoundError) else "invalid config"  # files not there, no network
+        print(f"{what.capitalize()}: {err}", file=sys.stderr)
         if multirun:  # the job's folder records why; the other jobs go on
-            record = {"status": "failed", "error": f"invalid config: {err}", "network": cfg.get("network"),
+            record = {"status": "failed", "error": f"{what}: {err}", "network": cfg.get("network"),
                       "seed": cfg.get("seed")}
             try:
                 RunFolder(cfg.paths.output_dir).write_json(RESULTS, record)
@@ -69,6 +71,15 @@ def main(cfg: DictConfig) -> float | None:
             return None
         sys.exit(FAILED)
     return metrics.get("val/loss", metrics.get("train/loss"))  # for Hydra sweepers that optimise
+
+
+def caused_by(err: BaseException, kind: type) -> bool:
+    """Whether `err` or an error it was raised from is a `kind`."""
+    while err is not None:
+        if isinstance(err, kind):
+            return True
+        err = err.__cause__
+    return False
 
 
 def stop_line(signum: int, folder: Path, multirun: bool, requeued: bool = False) -> str:

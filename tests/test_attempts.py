@@ -2,6 +2,7 @@
 as the run's wall time, and one line when a resume runs at another thread count than the attempts before it."""
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import time
 
 import pytest
 
-from chaos import ROOT, environment
+from chaos import ROOT, WATCHED, environment
 from helpers import compose_train
 from rppnets.training.checkpointing import Attempts
 
@@ -36,14 +37,17 @@ def test_attempts_say_a_thread_change_only_when_there_is_one():
 @pytest.mark.slow
 def test_a_run_resumed_at_another_thread_count_says_so_and_records_both_attempts(fake_root, tmp_path):
     folder = tmp_path / "run"
-    first = subprocess.Popen(tiny_job(fake_root, folder), cwd=ROOT, env=environment() | {"OMP_NUM_THREADS": "1"},
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # held at the start of epoch 2 (helpers.PhaseLine) until the signal lands: the first epoch's checkpoint behind it
+    held = [*WATCHED, "+callbacks.phase.hold='training epoch 2'", f"+callbacks.phase.once={tmp_path / 'held'}"]
+    first = subprocess.Popen(tiny_job(fake_root, folder) + held, cwd=ROOT,
+                             env=environment() | {"OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 300
-    while not (folder / "checkpoints" / "last.ckpt").exists():
+    while not (tmp_path / "held").exists():
         assert first.poll() is None, first.communicate()[0]
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    assert first.poll() is None  # still training when stopped: the first epoch's checkpoint is behind it
+    assert first.poll() is None and (folder / "checkpoints" / "last.ckpt").is_file()
     first.send_signal(signal.SIGTERM)
     output = first.communicate(timeout=300)[0]
     assert first.returncode == 128 + signal.SIGTERM, output
@@ -53,7 +57,7 @@ def test_a_run_resumed_at_another_thread_count_says_so_and_records_both_attempts
     rerun = subprocess.run(tiny_job(fake_root, folder), cwd=ROOT, env=environment() | {"OMP_NUM_THREADS": "2"},
                            capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    assert "resuming from epoch" in rerun.stdout
+    assert re.search(r": resuming (in|after|before) epoch \d", rerun.stdout)
     assert "resuming at 2 threads where earlier attempts ran at 1: the results will differ" in rerun.stdout
     results = json.loads((folder / "results.json").read_text())
     attempts = results["attempts"]

@@ -14,6 +14,7 @@ import pytest
 from rppnets import console
 from rppnets.console import silence_known_noise
 from rppnets.training.callbacks import ProgressBar
+from rppnets.training.pipeline import resume_line
 
 
 def test_known_warnings_are_dropped_and_others_kept():
@@ -119,6 +120,21 @@ def test_the_bar_counts_epochs_from_1_to_max_epochs():
     assert len(bar._get_train_description(0)) >= len(bar.validation_description)  # no flicker between the bars
 
 
+def test_the_resume_line_counts_epochs_as_the_bar_does():
+    """The bar shows "Epoch 2/4" during the second epoch: a run stopped there resumes "in epoch 2", one stopped as
+    the second began (the first done) "after epoch 1"."""
+    def line(epochs_done, mid_epoch, step):
+        progress = {"epochs_done": epochs_done, "mid_epoch": mid_epoch, "global_step": step}
+        return resume_line("net-s0", progress, 4, Path("/runs/a b/checkpoints/last.ckpt"))
+
+    assert line(0, True, 7) == ("net-s0: resuming in epoch 1 of 4 (mid-epoch, step 7) with "
+                                "'/runs/a b/checkpoints/last.ckpt' (missing)")  # quoted, said missing (not there)
+    assert line(1, True, 10).startswith("net-s0: resuming in epoch 2 of 4 (mid-epoch, step 10) with ")
+    assert line(1, False, 7).startswith("net-s0: resuming after epoch 1 of 4 (step 7) with ")
+    assert line(4, False, 28).startswith("net-s0: resuming after epoch 4 of 4 (step 28) with ")
+    assert line(0, False, 0).startswith("net-s0: resuming before epoch 1 of 4 (step 0) with ")
+
+
 ROOT = Path(__file__).resolve().parents[1]
 # Every line a run may print: its data, the progress bar (with its metrics), its resume line and its summary.
 EXPECTED_LINES = [
@@ -127,10 +143,11 @@ EXPECTED_LINES = [
     r"USDT:\S+ \S+ \d+:\d+ SyncActivityProfilerHandler\.cpp:\d+\] profiler_(start|stop)",
     r"Data: Fashion-MNIST from data\.root \(.+\), MD5 check off \(data\.verify_md5=false\); "
     r"224 training, 32 validation, 64 test images",
-    r"rpp-w10-k10-s0: resuming from epoch 2 of 2 \(step \d+\) with .+last\.ckpt.*",
+    r"rpp-w10-k10-s0: resuming after epoch 2 of 2 \(step \d+\) with .+last\.ckpt",
     r"Epoch [12]/2 +━.*", r"Testing +━.*", r" +(\S+: \S+ *)+",  # the bar, its metrics below it
-    r"", r"rpp-w10-k10-s0 finished in [\d.]+ s", r"  train/loss .*", r"  run folder: .+", r"  metrics CSV: .+",
-    r"  W&B run: .+",
+    r"", r"rpp-w10-k10-s0 finished in [\d.]+ s", r"  train/loss .*", r"  run folder: r=.+",
+    r'  metrics CSV: "\$r"/csv/metrics\.csv', r'  W&B run: w="\$r"/wandb/offline-run-[\w-]+',
+    r'  look: \S*wandb leet "\$w"', r'  upload: \S*wandb sync "\$w"',
 ]
 
 
@@ -161,5 +178,5 @@ def test_a_run_prints_its_own_lines_and_nothing_else(fake_root, tmp_path):
     assert sum(line.startswith("rpp-w10-k10-s0 finished in") for line in first) == 1
     (tmp_path / "run" / "results.json").unlink()  # as if killed after its last checkpoint: the rerun resumes
     second = run()
-    assert sum(line.startswith("rpp-w10-k10-s0: resuming from epoch 2 of 2") for line in second) == 1
+    assert sum(line.startswith("rpp-w10-k10-s0: resuming after epoch 2 of 2 (step ") for line in second) == 1
     assert sum(line.startswith("rpp-w10-k10-s0 finished in") for line in second) == 1

@@ -80,7 +80,7 @@ def test_download_goes_into_root_and_leaves_no_part_on_failure(fake_root, tmp_pa
         shutil.copy(fake_root / "FashionMNIST" / "raw" / name, Path(root) / filename)
 
     monkeypatch.setattr("torchvision.datasets.utils.download_url", fake_download)
-    with pytest.raises(DataNotFoundError, match="downloading t10k-labels-idx1-ubyte.gz failed .*connection reset"):
+    with pytest.raises(DataNotFoundError, match="downloading Fashion-MNIST's t10k-labels-idx1-ubyte.gz failed .*connection reset"):
         download_files(FASHION_MNIST, tmp_path / "root")
     raw = tmp_path / "root" / "FashionMNIST" / "raw"
     assert sorted(p.name for p in raw.iterdir()) == sorted(set(FILES) - {"t10k-labels-idx1-ubyte.gz"})
@@ -91,7 +91,7 @@ def test_a_failed_download_leaves_no_folder_it_made(tmp_path, monkeypatch):
         raise OSError("Name or service not known")
 
     monkeypatch.setattr("torchvision.datasets.utils.download_url", no_network)
-    with pytest.raises(DataNotFoundError, match="downloading train-images-idx3-ubyte.gz failed"):
+    with pytest.raises(DataNotFoundError, match="downloading Fashion-MNIST's train-images-idx3-ubyte.gz failed"):
         FashionMNISTDataModule(root=str(tmp_path / "new" / "root"), download=True).prepare_data()
     assert list(tmp_path.iterdir()) == []
 

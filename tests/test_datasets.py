@@ -6,7 +6,11 @@ written here, whose pixels carry the file and the row they came from.
 
 import gzip
 import hashlib
+import os
 import pickle
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +27,7 @@ from rppnets.data.__main__ import main as data_main
 from rppnets.models import MLP, rpp_trainable
 from rppnets.training.pipeline import ConfigError, train
 
+ROOT = Path(__file__).resolve().parents[1]
 TRAIN_ROWS, TEST_ROWS = 120, 30
 TRAIN_FILE, TEST_FILE = 1, 2  # the first value of every image of each file
 
@@ -148,8 +153,68 @@ def test_missing_mnist_names_its_own_ways(tmp_path, monkeypatch):
         IDXDataModule("kmnist", download=False)
     message = str(err.value)
     assert message.startswith("root=None: the KMNIST files are not in data, and no download was asked for.")
-    assert "one of two ways" in message and "python -m rppnets.data --dataset kmnist" in message
-    assert "KMNIST/raw/" in message and "apt-get" not in message
+    assert "\n" not in message and "python -m rppnets.data --dataset kmnist" in message
+    assert "folders looked in (data, data/KMNIST/raw)" in message and "apt-get" not in message
+    assert all(f"{name} (MD5 {md5})" in message for name, md5 in KMNIST.torchvision().resources)
+
+
+@pytest.fixture()
+def no_network(monkeypatch):
+    """Every download fails for real, at once: a proxy that refuses connections (a port just closed)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    proxies = {"http_proxy": closed, "https_proxy": closed, "HTTP_PROXY": closed, "HTTPS_PROXY": closed}
+    for key in ("no_proxy", "NO_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in proxies.items():
+        monkeypatch.setenv(key, value)
+    return proxies
+
+
+def check_without_network(message: str, dataset, folders: list[Path]) -> None:
+    """One line naming where to put which files: the folders looked in, each file with its official MD5; no download
+    command, the download having just failed."""
+    assert "\n" not in message and "Connection refused" in message, message
+    assert f"folders looked in ({', '.join(map(str, folders))})" in message, message
+    assert all(f"{name} (MD5 {md5})" in message for name, md5 in dataset.torchvision().resources), message
+    assert "python -m rppnets.data" not in message and "data.download=true" not in message, message
+
+
+def test_without_network_a_run_says_where_to_put_which_files_and_leaves_no_folder(no_network, tmp_path):
+    root = tmp_path / "empty"
+    root.mkdir()
+    cfg = compose_train(["data=mnist", f"data.root={root}", "data.download=true"], output_dir=tmp_path / "run")
+    with pytest.raises(ConfigError) as err:
+        train(cfg)  # refused before the run folder is made, as bad input is
+    assert str(err.value).startswith(f"data.root={str(root)!r}: downloading MNIST's train-images-idx3-ubyte.gz "
+                                     "failed (ossci-datasets.s3.amazonaws.com, yann.lecun.com: Connection refused)")
+    check_without_network(str(err.value), MNIST, [root, root / "MNIST" / "raw"])
+    assert not (tmp_path / "run").exists() and list(root.iterdir()) == []
+
+
+def test_without_network_python_m_rppnets_data_says_the_same_in_one_line(no_network, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        data_main(["--dataset", "kmnist"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("python -m rppnets.data: root=None: downloading KMNIST's ") and err.count("\n") == 1
+    check_without_network(err.strip().removeprefix("python -m rppnets.data: "), KMNIST,
+                          [Path("data"), Path("data/KMNIST/raw")])
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_without_network_train_py_exits_2_with_one_line(no_network, tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "src" / "train.py"), "data=mnist",
+                             f"data.root={tmp_path / 'empty'}", f"hydra.run.dir={tmp_path / 'run'}"],
+                            cwd=tmp_path, env=os.environ | no_network, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and result.stdout == "", result.stdout + result.stderr
+    (line,) = result.stderr.splitlines()  # no traceback
+    assert line.startswith(f"No data: data.root='{tmp_path / 'empty'}': downloading MNIST's "), line
+    check_without_network(line, MNIST, [tmp_path / "empty", tmp_path / "empty" / "MNIST" / "raw"])
+    assert list(tmp_path.iterdir()) == []  # no run folder, nothing downloaded
 
 
 def test_make_data_checks_another_data_set(idx_root, capsys):

@@ -55,7 +55,7 @@ def test_a_damaged_last_checkpoint_is_named_and_the_previous_one_resumes(damage,
     train(compose_train(TWO_EPOCHS, output_dir=run, fake_root=fake_root))
     out = capsys.readouterr().out
     assert f"cannot resume: {last}" in out and "weights_only" not in out
-    assert "resuming from epoch 1 of 2" in out  # previous.ckpt: the first epoch's
+    assert "resuming after epoch 1 of 2" in out  # previous.ckpt: the first epoch's
     assert steady(results(run)["metrics"]) == steady(results(finished)["metrics"])
     assert epoch_rows(run / "csv" / "metrics.csv") == epoch_rows(finished / "csv" / "metrics.csv")
     (aside,) = run.glob("replaced-*")

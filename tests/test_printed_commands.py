@@ -18,7 +18,7 @@ from chaos import command, environment
 from helpers import compose_train, descendants
 from rppnets.console import file_named, hydra_value, shell_line
 from rppnets.data import DataNotReadableError, read_idx
-from rppnets.training.pipeline import train
+from rppnets.training.pipeline import print_summary, train
 
 ROOT = Path(__file__).resolve().parents[1]
 # A run folder's name with what a shell and Hydra's override grammar each read specially: spaces, both quotes, = and ,
@@ -28,9 +28,10 @@ NAMES = [AWKWARD, "plain/path_1.0", "1e3", "true", "null", "a,b", "a=b", "sp ace
          "\\\"", "$x", "${x}", "\\${x}", "é日本", "", "(a)[b]{c}", "a:b@c%d+e", "~user", "tab\there"]
 
 
-def words(line: str) -> list[str]:
-    """The words a shell makes of `line` (bash, for real)."""
-    done = subprocess.run(["bash", "-c", "printf '%s\\0' " + line], capture_output=True, text=True, check=True)
+def words(line: str, pasted_before: tuple[str, ...] = ()) -> list[str]:
+    """The words a shell makes of `line` (bash, for real), after the lines `pasted_before` ran in it."""
+    script = "\n".join([*pasted_before, "printf '%s\\0' " + line])
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True)
     return done.stdout.split("\0")[:-1]
 
 
@@ -107,7 +108,9 @@ def test_the_stop_lines_commands_run_as_printed(fake_root, tmp_path):
 
     rerun = paste(afresh[1])  # runs in the same folder, from the start; stopped once its first checkpoint is saved
     output = stop(rerun, lambda: (folder / "checkpoints" / "last.ckpt").exists())
-    assert "starting afresh" in output and "resuming" not in output
+    assert "resuming" not in output
+    (moved,) = re.findall(r"^\S+: starting afresh; the previous attempt's files are in (.+)$", output, re.M)
+    assert Path(*words(moved)).parent == folder and Path(*words(moved)).is_dir(), moved
     resume = re.search(r"^stopped by SIGTERM; checkpoint (.+?); resume: (.+)$", output, re.M)
     assert resume, output
     assert words(resume[1]) == [str(folder / "checkpoints" / "last.ckpt")]
@@ -115,29 +118,68 @@ def test_the_stop_lines_commands_run_as_printed(fake_root, tmp_path):
     resumed = paste(resume[2])
     output = resumed.communicate(timeout=300)[0]
     assert resumed.returncode == 0, output
-    assert re.search(r"^\S+: resuming from epoch \d of 3 \(.*step \d+\) with ", output, re.M), output
-    summary = output[output.index(" finished in "):]
-    (run_folder,) = re.findall(r"^  run folder: (.+)$", summary, re.M)
+    resumed_with = re.search(r"^\S+: resuming (in|after) epoch \d of 3 \(.*step \d+\) with (.+)$", output, re.M)
+    assert resumed_with and words(resumed_with[2]) == [str(folder / "checkpoints" / "last.ckpt")], output
+    check_summary(output[output.index(" finished in "):], folder)
+
+
+def check_summary(summary: str, folder: Path) -> None:
+    """The summary of a run in `folder` with an offline W&B run: each path pastes as one word, and its W&B lines,
+    pasted in order into one shell, name the W&B run once and give the commands that show and upload it."""
+    (run_folder,) = re.findall(r"^  run folder: (r=.+)$", summary, re.M)
     (csv_file,) = re.findall(r"^  metrics CSV: (.+)$", summary, re.M)
-    assert words(run_folder) == [str(folder)] and words(csv_file) == [str(folder / "csv" / "metrics.csv")]
-    assert Path(words(csv_file)[0]).is_file()
-    hints = re.search(r"^  W&B run: (.+)  \(look: (.+); upload: (.+)\)$", summary, re.M)
-    assert hints, summary
-    (wandb_run,) = words(hints[1])
-    assert Path(wandb_run).parent == folder / "wandb" and list(Path(wandb_run).glob("*.wandb"))
-    for hint, verb in ((hints[2], "leet"), (hints[3], "sync")):  # not run: leet draws a screen, sync needs a server
-        program, *args = words(hint)
-        assert shutil.which(program) and Path(program).name == "wandb" and args == [verb, wandb_run], hint
+    assert words('"$r"', pasted_before=(run_folder,)) == [str(folder)]
+    assert words(csv_file, pasted_before=(run_folder,)) == [str(folder / "csv" / "metrics.csv")]
+    assert (folder / "csv" / "metrics.csv").is_file()
+    (wandb_run,) = re.findall(r"^  W&B run: (w=.+)$", summary, re.M)
+    (look,) = re.findall(r"^  look: (.+)$", summary, re.M)
+    (upload,) = re.findall(r"^  upload: (.+)$", summary, re.M)
+    for hint, verb in ((look, "leet"), (upload, "sync")):  # not run: leet draws a screen, sync needs a server
+        program, *args = words(hint, pasted_before=(run_folder, wandb_run))
+        (w,) = args[1:]
+        assert shutil.which(program) and Path(program).name == "wandb" and args[0] == verb, hint
+        assert Path(w).parent == folder / "wandb" and list(Path(w).glob("*.wandb")), hint
+    assert summary.count("offline-run-") == 1  # the W&B run named once
 
 
 def test_a_disabled_wandb_is_said_so_and_no_folder_is_named(fake_root, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    train(compose_train(["model.width=16", "logger=wandb"], output_dir=tmp_path, fake_root=fake_root))
+    folder = tmp_path / AWKWARD
+    overrides = ["model.width=16", "logger=wandb", f"paths.output_dir={hydra_value(folder)}"]
+    train(compose_train(overrides, fake_root=fake_root))
     summary = capsys.readouterr().out.split(" finished in ")[1].splitlines()
     assert "  W&B run: none on disk (W&B was disabled)" in summary
-    named = [re.fullmatch(r"  (run folder|metrics CSV): (.+)", line) for line in summary]
-    assert [Path(words(m[2])[0]).exists() for m in named if m] == [True, True]
-    assert not (tmp_path / "wandb").exists()
+    (run_folder,) = re.findall(r"^  run folder: (r=.+)$", "\n".join(summary), re.M)
+    named = [re.fullmatch(r"  (run folder: r=|metrics CSV: )(.+)", line) for line in summary]
+    assert [Path(*words(m[2], pasted_before=(run_folder,))).exists() for m in named if m] == [True, True]
+    assert not (folder / "wandb").exists()
+    train(compose_train(overrides, fake_root=fake_root))  # finished: left as it is, its folder named as one word
+    (again,) = re.findall(r"^\S+: already finished in (.+); left as it is .*$", capsys.readouterr().out, re.M)
+    assert words(again) == [str(folder)]
+
+
+# A sweep job's folder as it is on a researcher's machine, below the checkout (tmp_path stands for it).
+CHECKOUT = "/home/researcher/rppnets"
+JOB_FOLDER = "outputs/multirun/2026-12-08_12-00-00-123456/0-model=rpp,model.k=10"
+SUMMARY_WIDTH = 120
+
+
+def test_each_summary_line_fits_the_width_and_each_command_pastes(tmp_path, capsys):
+    for folder in (tmp_path / JOB_FOLDER, tmp_path / AWKWARD):
+        wandb_run = folder / "wandb" / "offline-run-20261208_120000-abc123def456"
+        (wandb_run / "files").mkdir(parents=True)
+        (wandb_run / "run-abc123def456.wandb").touch()
+        (folder / "csv").mkdir()
+        (folder / "csv" / "metrics.csv").touch()
+        metrics = {"train/loss": 1.234e-05, "val/loss": 0.3391, "val/acc": 0.8794, "test/loss": 1.0e-10,
+                   "test/acc": 0.8712, "model/params_trainable": 12_345_678, "time/wall_s": 1234.5}
+        print_summary({"run_name": "rpp-w1000-k100-nobias-lr0.01-s0", "metrics": metrics, "csv": "csv/metrics.csv"},
+                      folder, str(wandb_run / "files"))
+        summary = capsys.readouterr().out
+        check_summary(summary, folder)
+        if folder.name != AWKWARD:
+            assert all(len(line.replace(str(tmp_path), CHECKOUT)) <= SUMMARY_WIDTH for line in summary.splitlines())
+            assert all(f"{key} " in summary for key in metrics if key != "time/wall_s")
 
 
 UNREADABLE = """

@@ -14,6 +14,7 @@ import torch
 
 from rppnets.data.datamodule import InMemoryDataModule
 from rppnets.data.errors import CorruptDataError, DataNotFoundError
+from rppnets.data.sources import why_not
 
 
 def dataset_name(dataset: Callable) -> str:
@@ -54,6 +55,7 @@ class TorchvisionDataModule(InMemoryDataModule):
             raise ValueError(f"dataset={dataset!r} is invalid; allowed: a dataset class, e.g. "
                              "{_target_: torchvision.datasets.CIFAR10, _partial_: true}")
         self.dataset, self.root, self.download = dataset, Path(root), download
+        self._downloaded = False
         if transform is None:
             from torchvision.transforms import ToTensor
 
@@ -78,11 +80,19 @@ class TorchvisionDataModule(InMemoryDataModule):
             hint = "" if download else " Set data.download=true, or data.root to a folder holding it."
             raise DataNotFoundError(f"root={str(self.root)!r}: {dataset_name(self.dataset)} found no usable data "
                                     f"there ({err}).{hint}") from err
+        except OSError as err:  # its download: no network (a URLError), a proxy, a full disk
+            if not download:
+                raise
+            raise DataNotFoundError(f"root={str(self.root)!r}: {dataset_name(self.dataset)} could not download its "
+                                    f"files ({why_not(err)}). Without network, put its dataset class's files into "
+                                    f"data.root as it keeps them (its resources or url, with their MD5 sums).") \
+                from err
 
     def prepare_data(self):
-        if self.download:
+        if self.download and not self._downloaded:  # once: the run downloads before Lightning asks again
             for train in (True, False):
                 self._open(train, download=True)
+            self._downloaded = True
 
     def load(self, train: bool):
         split = self._opened.pop(train, None)

@@ -28,7 +28,8 @@ from rppnets.training.checkpointing import AtomicCheckpointIO, Attempts, LastChe
     StopSignals
 from rppnets.training.callbacks import RunMetrics
 from rppnets.checks import check_int
-from rppnets.console import file_named, program, shell_line, shell_word, silence_known_noise
+from rppnets.data import DataNotFoundError
+from rppnets.console import file_named, program, shell_word, silence_known_noise
 from rppnets.training.bounded import MemoryReserve, bounded_thread_starts, failure_text
 from rppnets.training.classifier import Classifier
 from rppnets.training.cluster import cluster_environment
@@ -142,6 +143,18 @@ def _build(cfg: DictConfig, key: str, **kwargs):
         raise ConfigError(f"{key}.{err}") from err
 
 
+def _download(datamodule: pl.LightningDataModule) -> None:
+    """The data's download (prepare_data) before the run folder is touched, in the process that writes it: files that
+    cannot be had (no network) end the run as bad input does, one line and no folder. Lightning's own call in `fit`
+    then finds them (and, under DDP on several nodes, downloads them on the other nodes)."""
+    if rank_zero_only.rank != 0:
+        return
+    try:
+        datamodule.prepare_data()
+    except DataNotFoundError as err:
+        raise ConfigError(f"data.{err}") from err
+
+
 def data_sizes(model_cfg: DictConfig, datamodule) -> dict:
     """What the data set tells the model, for each of `in_features` and `num_classes` that the model's class takes
     and its config does not set: the data module knows them before reading any file."""
@@ -216,7 +229,7 @@ def train(cfg: DictConfig) -> dict:
     config = OmegaConf.to_container(cfg, resolve=True)
     this_hash = run_hash(cfg)
     if cfg.get("resume", True) and cfg.get("skip_finished", True) and (results := folder.finished_results(this_hash)):
-        print(f"{results['run_name']}: already finished in {folder.path}; left as it is "
+        print(f"{results['run_name']}: already finished in {shell_word(folder.path)}; left as it is "
               "(skip_finished=false trains it again, afresh)")
         return results["metrics"]
     # every stop signal ends at a safe point; no wait on a thread that could not start goes on without end
@@ -230,6 +243,7 @@ def _build_and_train(cfg: DictConfig, folder: RunFolder, config: dict, this_hash
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     # Build everything that can reject a value before the run folder is touched.
     datamodule = _build(cfg, "data")
+    _download(datamodule)
     sizes = data_sizes(cfg.model, datamodule)
     check_memory(cfg, sizes)  # before the model takes any memory
     module = Classifier(_build(cfg, "model", **sizes), optimizer=_build(cfg, "optimizer"),
@@ -272,7 +286,7 @@ def _resume_point(cfg: DictConfig, folder: RunFolder, identity: dict, module: Cl
         return point
     if point is None:
         if (moved := folder.set_aside(f"started afresh: {reason}")) is not None:
-            print(f"{identity['run_name']}: starting afresh; the previous attempt's files are in {moved}")
+            print(f"{identity['run_name']}: starting afresh; the previous attempt's files are in {file_named(moved)}")
         return None
     # Rebuilt from the checkpoint: the CSV and (offline) W&B history; an unfinished results.json goes too.
     names = [METRICS_CSV, RESULTS] + [str(path.relative_to(folder.path)) for path in refused]
@@ -308,10 +322,7 @@ def _train(cfg: DictConfig, folder: RunFolder, config: dict, this_hash: str, wri
                "experiment_hash": experiment_hash(cfg), "csv": METRICS_CSV,
                "torch_threads": torch.get_num_threads(), "metrics": {}}
     if point is not None:
-        progress = point.progress
-        where = "mid-epoch, " if progress["mid_epoch"] else ""
-        print(f"{cfg.run_name}: resuming from epoch {progress['epochs_done']} of {cfg.trainer.max_epochs} "
-              f"({where}step {progress['global_step']}) with {point.path}")
+        print(resume_line(cfg.run_name, point.progress, cfg.trainer.max_epochs, point.path))
     config["config_hash"] = this_hash  # the W&B run carries the run's identity too
     failure: BaseException | None = None
     wandb_dir = None
@@ -407,27 +418,59 @@ def _write_quietly(folder: RunFolder, results: dict) -> None:
         print(f"could not record the run's end in {folder.results_path} ({err.strerror or err})", file=sys.stderr)
 
 
+def resume_line(run_name: str, progress: dict, max_epochs: int, checkpoint: Path) -> str:
+    """The line a resumed run prints, its epochs counted from 1 as the progress bar counts them ("Epoch 2/4" during
+    the second): "resuming in epoch 2 of 4 (mid-epoch, step 10)" inside it, "resuming after epoch 1 of 4 (step 7)" at
+    its start."""
+    done, step = progress["epochs_done"], progress["global_step"]
+    if progress["mid_epoch"]:
+        where = f"in epoch {done + 1} of {max_epochs} (mid-epoch, step {step})"
+    elif done == 0:
+        where = f"before epoch 1 of {max_epochs} (step {step})"
+    else:
+        where = f"after epoch {done} of {max_epochs} (step {step})"
+    return f"{run_name}: resuming {where} with {file_named(checkpoint)}"
+
+
+SUMMARY_WIDTH = 120  # a summary line's most characters where its paths allow: no line a terminal or log wraps
+
+
 def print_summary(results: dict, output_dir: Path, wandb_dir: str | None) -> None:
-    """The few lines a researcher reads when a run ends."""
+    """The few lines a researcher reads when a run ends: its metrics, its folder and files, and the commands that show
+    its W&B run, each line within SUMMARY_WIDTH for a run folder of ordinary length. Each line's text after its label
+    runs in a shell as printed, pasted in order: ``r=<run folder>`` first."""
     m = results["metrics"]
     shown = ("train/loss", "val/loss", "val/acc", "test/loss", "test/acc", "model/params_trainable")
-    print(f"\n{results['run_name']} finished in {m['time/wall_s']:.1f} s")
-    print("  " + "  ".join(f"{key} {m[key]:,}" if isinstance(m[key], int) else f"{key} {m[key]:.4g}"
-                           for key in shown if m.get(key) is not None))
-    print(f"  run folder: {file_named(output_dir)}")
-    print(f"  metrics CSV: {file_named(output_dir / results['csv'])}")
-    if wandb_dir:
-        print(wandb_line(Path(wandb_dir).parent))
+    values = [f"{key} {m[key]:,}" if isinstance(m[key], int) else f"{key} {m[key]:.4g}"
+              for key in shown if m.get(key) is not None]
+    lines = [f"\n{results['run_name']} finished in {m['time/wall_s']:.1f} s"]
+    for value in values:  # as many to a line as fit
+        if len(lines) > 1 and len(lines[-1]) + 2 + len(value) <= SUMMARY_WIDTH:
+            lines[-1] += "  " + value
+        else:
+            lines.append("  " + value)
+    # the run folder as a shell variable, r: the paths in it are named relative to it, short whatever its length
+    csv = output_dir / results["csv"]
+    lines += [f"  run folder: r={shell_word(output_dir)}",
+              f'  metrics CSV: "$r"/{shell_word(results["csv"])}' + ("" if csv.exists() else " (missing)")]
+    lines += wandb_lines(Path(wandb_dir).parent, output_dir) if wandb_dir else []
+    print("\n".join(lines))
 
 
-def wandb_line(run_dir: Path) -> str:
-    """The summary's W&B line: the run's folder and the commands that show it and (offline) upload it.
+def wandb_lines(run_dir: Path, output_dir: Path) -> list[str]:
+    """The summary's W&B lines: the run's folder, named once as a shell variable (relative to the run folder's, r),
+    and the commands that show it and (offline) upload it; pasted in order, each runs as printed.
 
     W&B makes its run folder when it starts, online or offline; a disabled W&B names one that it never makes.
     """
     if not run_dir.is_dir():
-        return "  W&B run: none on disk (W&B was disabled)"
-    look = f"look: {shell_line([program('wandb'), 'leet', run_dir])}"
+        return ["  W&B run: none on disk (W&B was disabled)"]
+    try:
+        named = '"$r"/' + shell_word(run_dir.relative_to(output_dir))
+    except ValueError:  # W&B's folder outside the run folder (WANDB_DIR)
+        named = shell_word(run_dir)
+    wandb = shell_word(program("wandb"))
+    lines = [f"  W&B run: w={named}", f'  look: {wandb} leet "$w"']
     if run_dir.name.startswith("offline-run-"):  # an online run is uploaded as it goes
-        look += f"; upload: {shell_line([program('wandb'), 'sync', run_dir])}"
-    return f"  W&B run: {shell_word(run_dir)}  ({look})"
+        lines.append(f'  upload: {wandb} sync "$w"')
+    return lines

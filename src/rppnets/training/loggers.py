@@ -100,9 +100,10 @@ class ContainedWandbLogger(WandbLogger):
 
 def start_wandb(cfg: DictConfig, config: dict, wandb_id: str | None = None, resume: bool = False):
     """Start the W&B run for this job with the resolved `config`; offline if the online start fails."""
-    global _online_failed
+    global _online_failed, _silent_service
     _forget_inherited_wandb_service()
-    _said.clear()  # this job's W&B line is its own
+    _said.clear()  # this job's W&B line is its own, and so is its service
+    _silent_service = None
     import wandb
 
     if get_class(cfg._target_) is WandbLogger:  # a config naming Lightning's own logger is contained all the same

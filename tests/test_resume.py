@@ -15,13 +15,13 @@ def net() -> nn.Module:
 
 
 def write(path, module=None, identity=IDENTITY, history=None, processed=2, started=2, step=16, state_dict=None,
-          run=True):
+          run=True, attempts=None):
     """A checkpoint as LastCheckpoint writes it: Lightning's loops and weights, and the run's identity and history."""
     checkpoint = {"loops": {"fit_loop": {"epoch_progress": {"current": {"processed": processed, "started": started}}}},
                   "global_step": step,
                   "state_dict": state_dict if state_dict is not None else (module or net()).state_dict()}
     if run:
-        checkpoint["run"] = {"identity": identity, "history": history}
+        checkpoint["run"] = {"identity": identity, "history": history, "attempts": attempts}
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(checkpoint, path)
     return path
@@ -29,20 +29,21 @@ def write(path, module=None, identity=IDENTITY, history=None, processed=2, start
 
 def test_the_newest_checkpoint_of_this_run_is_resumed_with_its_progress_identity_and_history(tmp_path):
     rows = [{"train/loss_step": 2.5, "step": 0}, {"val/acc": 0.25, "step": 7}]
-    last = write(tmp_path / "last.ckpt", history=rows, processed=2, started=3, step=20)
+    attempts = [{"torch_threads": 4, "resumed_at_step": None, "wall_s": 12.5}]
+    last = write(tmp_path / "last.ckpt", history=rows, processed=2, started=3, step=20, attempts=attempts)
     write(tmp_path / "previous.ckpt", step=10)
     point, refused = find_resume_point([last, tmp_path / "previous.ckpt"], IDENTITY, net())
     assert refused == {}
     assert point.path == last
     assert point.progress == {"epochs_done": 2, "global_step": 20, "mid_epoch": True}
-    assert point.identity == IDENTITY and point.history == rows
+    assert point.identity == IDENTITY and point.history == rows and point.attempts == attempts
 
 
 def test_a_missing_checkpoint_is_passed_over_silently_and_the_next_one_resumed(tmp_path):
     previous = write(tmp_path / "previous.ckpt", history=None)
     point, refused = find_resume_point([tmp_path / "last.ckpt", previous], IDENTITY, net())
     assert point.path == previous and refused == {}
-    assert point.history == [] and point.progress["mid_epoch"] is False
+    assert point.history == [] and point.attempts == [] and point.progress["mid_epoch"] is False
     assert find_resume_point([tmp_path / "none.ckpt"], IDENTITY, net()) == (None, {})
 
 

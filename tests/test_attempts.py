@@ -54,7 +54,7 @@ def test_a_run_resumed_at_another_thread_count_says_so_and_records_both_attempts
     stopped = json.loads((folder / "results.json").read_text())
     assert stopped["status"] == "stopped" and [a["torch_threads"] for a in stopped["attempts"]] == [1]
 
-    rerun = subprocess.run(tiny_job(fake_root, folder), cwd=ROOT, env=environment() | {"OMP_NUM_THREADS": "2"},
+    rerun = subprocess.run(tiny_job(fake_root, folder) + held, cwd=ROOT, env=environment() | {"OMP_NUM_THREADS": "2"},
                            capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert re.search(r": resuming (in|after|before) epoch \d", rerun.stdout)

@@ -63,7 +63,7 @@ def test_rpp_layer_gives_the_same_bits_on_1_and_2_threads(backend, signs):
 
 @kernels
 def test_fused_step_of_the_paper_s_layers_gives_the_same_bits_on_1_to_4_threads():
-    # the sizes the experiments train: 784 -> 10 x 100 and 1000 -> 10 x 100, at batch 128 (16 blocks, 8 runs)
+    # the sizes the experiments train: 784 -> 10 x 100 and 1000 -> 10 x 100, at batch 128 (16 blocks, 4 runs)
     for m in (784, 1000):
         x = torch.randn(128, m, generator=torch.Generator().manual_seed(m), requires_grad=True)
         for permutation, signs in (("stored", False), ("generated", False), ("generated", True)):

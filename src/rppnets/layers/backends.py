@@ -37,7 +37,7 @@ from rppnets.layers.permutation import index_dtype, negative_signs, permuted_row
 FUSED_BLOCK = 64  # columns of W_p per block of the fused kernels (experiments/rpp_layer_benchmark)
 # The fused backward's sums over W_p's columns (dx and dW) in at most this many runs of blocks, added in run order: a
 # split by the sizes alone, so the bits are the same on any number of threads (up to this many work in parallel)
-FUSED_RUNS = 8
+FUSED_RUNS = 4
 KINDS = ("index", "keys", "identity")
 
 

@@ -56,6 +56,34 @@ def test_lightnings_routine_lines_are_dropped_and_the_others_kept(caplog):
     assert [r.getMessage() for r in caplog.records] == kept
 
 
+def test_submitits_bypassed_signals_are_dropped_and_its_other_warnings_kept():
+    import signal
+
+    from submitit.core.job_environment import SignalHandler
+    from submitit.core.logger import get_logger
+
+    class Kept(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    kept, logger = Kept(), get_logger()  # submitit's own logger, with its own handlers (a SLURM job's log)
+    logger.addHandler(kept)
+    try:
+        silence_known_noise()
+        handler = SignalHandler.__new__(SignalHandler)  # its signal handlers, as submitit installs them in a job
+        handler._logger = logger
+        for signum in (signal.SIGCONT, signal.SIGTERM, signal.SIGUSR2):
+            handler.bypass(signum)
+        logger.warning("Caught signal SIGUSR2 on vm: this job is preempted.")
+    finally:
+        logger.removeHandler(kept)
+    assert kept.messages == ["Bypassing signal SIGUSR2", "Caught signal SIGUSR2 on vm: this job is preempted."]
+
+
 def test_lightnings_srun_hint_is_dropped_by_its_text(monkeypatch):
     from lightning_fabric.plugins.environments import SLURMEnvironment
 

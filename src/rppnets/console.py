@@ -52,6 +52,10 @@ LOG_LINES = (
     ("pytorch_lightning.utilities.rank_zero", "Restored all states from the checkpoint at "),
     # The C++ kernels are CPU code; a CUDA toolkit without a GPU does not matter to them.
     ("torch.utils.cpp_extension", "No CUDA runtime is found"),
+    # SLURM sends SIGCONT, then SIGTERM, to a job it cancels or requeues; submitit's worker ignores both and says so.
+    # The run's own handler takes SIGTERM while it runs and prints its stop line; SIGCONT changes nothing.
+    ("submitit", "Bypassing signal SIGCONT"),
+    ("submitit", "Bypassing signal SIGTERM"),
 )
 
 

@@ -153,9 +153,10 @@ def test_a_working_wandb_logger_passes_every_call_through(monkeypatch):
     assert logger.failed is None
 
 
-@pytest.mark.parametrize("service, kept", [(f"v1-{os.getpid()}-unix-/tmp/s", True), ("v1-1-unix-/tmp/s", False),
+@pytest.mark.parametrize("service, kept", [("v1-{pid}-unix-/tmp/s", True), ("v1-1-unix-/tmp/s", False),
                                            ("plain", True)])
 def test_a_wandb_service_inherited_from_another_process_is_forgotten(monkeypatch, fresh, service, kept):
+    service = service.format(pid=os.getpid())  # this process's own service is kept
     monkeypatch.setenv("WANDB_SERVICE", service)
     start_wandb(OmegaConf.create({"_target_": TARGET}), {})
     assert (os.environ.get("WANDB_SERVICE") == service) is kept

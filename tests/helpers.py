@@ -5,6 +5,8 @@ functions."""
 
 import csv
 import gzip
+import os
+import signal
 import struct
 import time
 from pathlib import Path
@@ -153,3 +155,25 @@ class PhaseLine(pl.Callback):
 
     def on_test_end(self, trainer, pl_module):
         self._enter(trainer, "after testing")
+
+
+class KillWandbService(pl.Callback):
+    """Put into a job (``+callbacks.kill._target_=helpers.KillWandbService``, tests/ on PYTHONPATH): SIGKILLs W&B's
+    service process (wandb-core, a child of the job) when testing ends, the first time only (the file `once`
+    records it), as a node's OOM killer or a signal to the job step would: the job itself is running when it lands."""
+
+    def __init__(self, once: str):
+        self.once = Path(once)
+
+    def on_test_end(self, trainer, pl_module):
+        if self.once.exists():
+            return
+        killed = []
+        for pid in descendants(os.getpid()):
+            try:
+                if "wandb-core" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+        self.once.write_text(" ".join(map(str, killed)))

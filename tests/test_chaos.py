@@ -1,6 +1,7 @@
 """Faults at random moments of a real job's life (tests/chaos.py): every round's faults land in the job while it runs,
 and its records then equal an uninterrupted run's."""
 
+import json
 import os
 import random
 import signal
@@ -79,3 +80,28 @@ def test_the_previous_checkpoint_is_the_epoch_before_the_last(chaos):
                       for name in ("last.ckpt", "previous.ckpt"))
     assert (previous["epochs_done"], previous["global_step"]) == (2, 28)
     assert (last["epochs_done"], last["global_step"]) == (3, 42)
+
+
+@pytest.mark.slow
+def test_a_run_that_finished_without_its_wandb_service_is_repaired_by_the_same_command(chaos, tmp_path):
+    """W&B's service killed as testing ends (seen as a chaos round: SIGINT to every process of the job after
+    testing): the run finishes, but its offline W&B history lacks the test's records. results.json says so; the
+    same command resumes from the last checkpoint, tests again and replays the history: it is whole."""
+    folder = tmp_path / "run"
+    args = [*command(chaos.fake_root, folder, *WATCHED), "+callbacks.kill._target_=helpers.KillWandbService",
+            f"+callbacks.kill.once={tmp_path / 'killed'}"]
+    first = subprocess.run(args, cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=600)
+    assert (tmp_path / "killed").read_text().strip(), "no wandb-core was running when testing ended"
+    assert first.returncode == 0, first.stdout + first.stderr
+    results = json.loads((folder / "results.json").read_text())
+    assert results["status"] == "finished" and results["wandb_cut_short"], results
+    assert compare(read_record(folder), chaos.reference)  # the W&B history is not whole yet
+
+    again = subprocess.run(args, cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "resuming after epoch 3 of 3" in again.stdout and "already finished" not in again.stdout, again.stdout
+    assert "wandb_cut_short" not in json.loads((folder / "results.json").read_text())
+    problems = compare(read_record(folder), chaos.reference)
+    assert not problems, "\n".join(problems)
+    third = subprocess.run(args, cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=600)
+    assert "already finished" in third.stdout, third.stdout  # repaired once: finished from then on

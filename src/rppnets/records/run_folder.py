@@ -121,10 +121,14 @@ class RunFolder:
         results.json vouches for the files it lists (their SHA-1): a metrics CSV or checkpoint changed since (damaged,
         or another run's copied in) makes the job unfinished again, to be rebuilt from its newest good checkpoint.
         A checkpoint deleted after the run finished is fine (space is often freed that way); a missing CSV is not.
+        A run whose offline W&B history was cut short (W&B's service gone before it closed) is not finished while its
+        checkpoint is there to resume from: the rerun tests it again and replays its history into W&B.
         """
         results = self.read_json(RESULTS)
         if not (results and results.get("status", "finished") == "finished" and results.get("config_hash") == config_hash):
             return None
+        if results.get("wandb_cut_short") and self.checkpoint_path.is_file():
+            return None  # its offline W&B history was cut short: resumed from its last checkpoint, it is replayed whole
         for name, digest in (results.get("files") or {}).items():
             path = self.path / name
             if not path.is_file() and name.endswith(".ckpt"):

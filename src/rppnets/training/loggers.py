@@ -163,8 +163,9 @@ def _without_anonymous(logger):
     return logger
 
 
-def finish_wandb(exit_code: int | None = None, preempted: bool = False, stopping=None) -> None:
-    """Close this process's W&B run, if any, so the next job of a multirun starts its own.
+def finish_wandb(exit_code: int | None = None, preempted: bool = False, stopping=None) -> str | None:
+    """Close this process's W&B run, if any, so the next job of a multirun starts its own; why its record may be cut
+    short (its service gone or silent, its finish failed), or None when it closed whole or there was none.
 
     A non-zero `exit_code` marks the run failed; `preempted` marks it as stopped to be resumed. `stopping` (a function
     saying whether a stop signal has come) cuts the wait to WANDB_STOPPING_FINISH_S once it says so, as `preempted`
@@ -174,13 +175,13 @@ def finish_wandb(exit_code: int | None = None, preempted: bool = False, stopping
     global _silent_service
     wandb = sys.modules.get("wandb")  # never imported: nothing to close (and W&B need not be installed)
     if wandb is None or wandb.run is None:
-        return
+        return None
     if _silent_service is not None:  # it did not answer, or was gone, during the run: finishing would wait for it too
         cause = _silent_service
         _abandon_service()
         _say(f"W&B's service did not answer ({cause}); its run is left unfinished, the run's CSV and "
              "results.json are unaffected")
-        return
+        return f"its service did not answer ({cause})"
     run = wandb.run
 
     def finish():
@@ -205,6 +206,8 @@ def finish_wandb(exit_code: int | None = None, preempted: bool = False, stopping
         else:
             _print_said(f"W&B could not finish its run ({_one_line(err)}); the run's CSV and results.json are "
                         "unaffected")
+        return _one_line(err)
+    return None
 
 
 def _one_line(err: BaseException) -> str:

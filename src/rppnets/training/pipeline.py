@@ -33,7 +33,8 @@ from rppnets.console import file_named, program, shell_word, silence_known_noise
 from rppnets.training.bounded import MemoryReserve, bounded_thread_starts, failure_text
 from rppnets.training.classifier import Classifier
 from rppnets.training.cluster import cluster_environment
-from rppnets.training.loggers import build_loggers, finish_wandb, library_logging_errors_collapsed
+from rppnets.training.loggers import ContainedWandbLogger, build_loggers, finish_wandb, \
+    library_logging_errors_collapsed
 from rppnets.records.jobs import sweep_grid
 from rppnets.resources import memory_refusal, threads_per_job
 from rppnets.training.history import RunHistory, replay
@@ -327,6 +328,7 @@ def _train(cfg: DictConfig, folder: RunFolder, config: dict, this_hash: str, wri
     failure: BaseException | None = None
     wandb_dir = None
     attempts = None
+    offline_wandb: list[WandbLogger] = []  # W&B runs whose history is on disk only: replayed, repaired
     phase = "starting"  # named in a failure's record: starting, training, testing, finishing
     reserve = MemoryReserve()  # given back when the run ends: recording an out-of-memory failure needs memory
     try:
@@ -336,10 +338,11 @@ def _train(cfg: DictConfig, folder: RunFolder, config: dict, this_hash: str, wri
             history = RunHistory(folder.path)
             loggers.append(history)
         history.identity = {key: identity[key] for key in ("config_hash", "run_name", "wandb_id")}
+        offline_wandb = [lg for lg in loggers if isinstance(lg, WandbLogger) and _offline(lg)]
         if point is not None and writer:
             history.restore(point.history)
             history.save()
-            replay(point.history, [lg for lg in loggers if isinstance(lg, WandbLogger) and _offline(lg)])
+            replay(point.history, offline_wandb)
         # after logging is up: a slow W&B start is not training time
         attempts = Attempts(point.attempts if point else [], torch.get_num_threads(),
                             point.progress["global_step"] if point else None)
@@ -385,8 +388,13 @@ def _train(cfg: DictConfig, folder: RunFolder, config: dict, this_hash: str, wri
         signals.settle()  # the run reached its end: no stop may cut its records short now
         reserve.release()
         stopped = isinstance(failure, (Preempted, KeyboardInterrupt))
-        finish_wandb(exit_code=None if failure is None else 1, preempted=stopped,
-                     stopping=lambda: signals.received is not None)  # a stop now: W&B's finish gets less time
+        cut_short = finish_wandb(exit_code=None if failure is None else 1, preempted=stopped,
+                                 stopping=lambda: signals.received is not None)  # a stop now: less time for W&B
+        cut_short = cut_short or next((lg.failed for lg in offline_wandb if isinstance(lg, ContainedWandbLogger)
+                                       and lg.failed), None)
+        if failure is None and offline_wandb and cut_short:
+            # its offline history lacks what was logged after: the same command repairs it (RunFolder.finished_results)
+            results["wandb_cut_short"] = cut_short
         if failure is not None and writer:
             if stopped:
                 signum = getattr(failure, "signum", signal.SIGINT)

@@ -155,3 +155,13 @@ def test_finite_or_none_replaces_every_non_finite_number_at_any_depth():
     assert finite_or_none({"a": {"b": [1.5, (float("inf"), "x")]}}) == {"a": {"b": [1.5, [None, "x"]]}}
     assert finite_or_none(3) == 3 and finite_or_none("inf") == "inf"
     assert json.dumps(finite_or_none([float("nan")])) == "[null]"
+
+
+def test_a_run_folder_deep_in_a_new_sweep_is_made_with_its_parents(tmp_path):
+    folder = RunFolder(tmp_path / "multirun" / "2026-12-07" / "0")
+    folder.check_writable()
+    assert (tmp_path / "multirun" / "2026-12-07" / "0" / "checkpoints").is_dir()
+    other = RunFolder(tmp_path / "elsewhere" / "sweep" / "1")
+    other.lock()  # taking the lock makes the folder too
+    assert (tmp_path / "elsewhere" / "sweep" / "1" / ".lock").is_file()
+    other.unlock()

@@ -35,6 +35,7 @@ def test_a_folder_that_cannot_be_made_is_named_with_the_fix(tmp_path):
 
 def test_one_writer_at_a_time_and_the_busy_folder_names_its_holder(tmp_path):
     first, second = RunFolder(tmp_path / "run"), RunFolder(tmp_path / "run")
+    first.unlock()  # never locked: nothing to release
     first.lock()
     holder = (tmp_path / "run" / ".lock").read_text()
     assert re.fullmatch(rf"pid {os.getpid()} on {re.escape(socket.gethostname())} since "

@@ -222,7 +222,7 @@ def test_a_finished_run_trained_again_starts_afresh(tmp_path):
     folder = RunFolder(tmp_path)
     attempt(folder)
     folder.write_json("results.json", {"status": "finished", "config_hash": "abc"})
-    assert resume_point(tmp_path, resume=True) is None
+    assert resume_point(tmp_path) is None  # resume left at its default, true
     assert list(aside(tmp_path)) == ["started afresh: skip_finished=false: a finished run trained again\n"]
 
 

@@ -242,3 +242,24 @@ def test_other_ranks_find_the_same_point_and_move_nothing(tmp_path, capsys):
     assert "cannot resume" in capsys.readouterr().out
     (tmp_path / "checkpoints" / "previous.ckpt").unlink()
     assert resume_point(tmp_path, writer=False) is None and not list(tmp_path.glob("replaced-*"))
+
+
+def test_a_previous_checkpoint_is_resumed_where_last_was_never_written(tmp_path, capsys):
+    folder = RunFolder(tmp_path)
+    attempt(folder, last=False, previous=True)
+    point = resume_point(tmp_path)
+    assert point.path.name == "previous.ckpt" and capsys.readouterr().out == ""
+    assert aside(tmp_path) == {"resumed from previous.ckpt\n": ["csv/metrics.csv", "results.json"]}
+
+
+def test_every_refused_checkpoint_is_named_in_the_reason(tmp_path):
+    folder = RunFolder(tmp_path)
+    attempt(folder, previous=True, damaged_last=True)
+    folder.previous_checkpoint_path.write_bytes(b"damaged too")
+    assert resume_point(tmp_path) is None
+    (reason, files), = aside(tmp_path).items()
+    last, previous = folder.checkpoint_path, folder.previous_checkpoint_path
+    assert reason == (f"started afresh: {last} is not a checkpoint of this project (it holds objects other than "
+                      f"tensors and plain values); {previous} is not a checkpoint of this project (it holds objects "
+                      "other than tensors and plain values)\n")
+    assert files == ["checkpoints/last.ckpt", "checkpoints/previous.ckpt", "csv/metrics.csv", "results.json"]

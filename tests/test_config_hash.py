@@ -71,6 +71,7 @@ def test_experiment_hash_is_shared_by_the_networks_seeds_and_folders_of_one_figu
     ({"kind": "rpp", "depth": 3, "width": 10, "k": 4, "signs": False, "bias": False}, "rpp-w10-k4-nobias-d3"),
     ({"kind": "lowrank", "depth": 2, "width": 10, "k": 4}, "lowrank-w10-k4"),
     ({"_target_": "mymodels.TinyNet", "hidden": 3}, "tinynet"),
+    ({"_target_": "lab.models.TinyNet"}, "tinynet"),
     ({"_target_": "TinyNet", "kind": "x"}, "tinynet"),
     ({"hidden": 3}, "model"),
 ])

@@ -26,7 +26,7 @@ FRONTIER_SWEEP = outputs/frontier/seeds$(SEEDS)
 FRONTIER30_SWEEP = outputs/frontier30/seeds$(SEEDS)
 CONTROLS_SWEEP = outputs/controls/seeds$(SEEDS)
 
-.PHONY: chaos help setup install-into-py data train test test-fast reproduce reproduce-quick frontier frontier30 controls bench clean clean-outputs
+.PHONY: chaos help setup install-into-py data train test test-all test-fast reproduce reproduce-quick frontier frontier30 controls bench clean clean-outputs
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -62,7 +62,12 @@ train: setup  ## one run: make train ARGS='model=rpp model.k=100'
 TEST_WORKERS ?= 2
 
 test: setup  ## the test suite (CPU): unit, end-to-end, fault and chaos tests (make test TEST_WORKERS=1: one at a time)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not long"
+
+# The tests marked long too: more signals and stop points of the faults make test provokes once, 4 chaos rounds, the
+# fused Triton kernels in the interpreter (minutes). Over CI's 20 minutes on 2 cores, so not in make test.
+test-all: setup  ## every test, the long ones too (about twice make test's time)
+	CHAOS_ROUNDS=$${CHAOS_ROUNDS:-4} $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: setup  ## the tests that take seconds
 	$(PY) -m pytest -q -m "not slow"

@@ -136,7 +136,7 @@ def test_ddp_jobs_of_a_sweep_each_start_their_own_ranks_in_their_own_folder(tmp_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGUSR1])
+@pytest.mark.parametrize("stop", [signal.SIGTERM, pytest.param(signal.SIGUSR1, marks=pytest.mark.long)])
 def test_a_stop_signal_to_a_ddp_run_stops_every_rank_with_a_checkpoint_it_resumes_from(stop, tmp_path, fake_root):
     """SLURM signals one process or all of them, not at the same step: the ranks must agree on the step to stop
     after, or the one saving waits forever in a collective the others never join."""

@@ -372,6 +372,7 @@ FUSED_TRITON_CHECK = textwrap.dedent(
 )
 
 
+@pytest.mark.long  # minutes in the interpreter; on a GPU, benchmarks/gpu_checks.sh runs the same kernels compiled
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs Triton (CUDA builds of PyTorch)")
 def test_fused_triton_kernels_in_the_interpreter_equal_the_eager_reference():
     # the fused step at odd sizes (tile edges and masks), every kind of P, each product alone, three dtypes, and the

@@ -176,6 +176,7 @@ class FakeWandb:
 
 def test_finish_closes_the_run_marking_a_stop_or_a_failure(monkeypatch, capsys):
     monkeypatch.setattr(loggers, "_silent_service", None)
+    monkeypatch.setattr(loggers, "_service_process", lambda: None)  # not an earlier test's service, ended since
     fake = FakeWandb()
     monkeypatch.setitem(sys.modules, "wandb", fake)
     finish_wandb(exit_code=1)

@@ -150,6 +150,7 @@ def test_wandbs_records_at_the_end_become_one_line_and_others_print_as_before(mo
 def test_an_error_of_wandbs_exit_hook_is_the_one_line_unless_one_was_said(monkeypatch, capsys):
     monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
     monkeypatch.setattr(loggers, "_said", loggers.threading.Event())
+    monkeypatch.setattr(loggers, "_service_process", lambda: None)  # not an earlier test's service, ended since
     namespace = {"__name__": "wandb.sdk.lib.service.service_connection"}
     exec("def teardown_atexit():\n    raise ConnectionResetError('Connection lost')", namespace)
     loggers._at_exit()

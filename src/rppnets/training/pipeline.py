@@ -117,7 +117,10 @@ def swept_name(cfg: DictConfig) -> str:
     or where the sweep varies only what the name already says. A grid that Hydra's basic sweeper runs."""
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return ""
-    grid, _ = sweep_grid(Path(HydraConfig.get().sweep.dir))
+    try:
+        grid, _ = sweep_grid(Path(HydraConfig.get().sweep.dir))
+    except Exception:  # a grid Hydra's parser cannot read back (an interpolation in a value): the name goes without
+        return ""
     named = NAMED_KEYS if "kind" in cfg.model and "depth" in cfg.model else ("seed", "network")
     this_job = {override.split("=", 1)[0].lstrip("+~"): override.split("=", 1)[1]
                 for override in HydraConfig.get().overrides.task if "=" in override}

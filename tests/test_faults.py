@@ -59,7 +59,8 @@ def uninterrupted(tmp_path_factory, fake_root) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM, pytest.param(signal.SIGUSR1, marks=pytest.mark.long),
+@pytest.mark.parametrize("stop", [pytest.param(signal.SIGKILL, marks=pytest.mark.long), signal.SIGTERM,
+                                  pytest.param(signal.SIGUSR1, marks=pytest.mark.long),
                                   pytest.param(signal.SIGINT, marks=pytest.mark.long)])
 def test_stopped_run_resumes_to_the_same_result(stop, uninterrupted, fake_root, tmp_path):
     run = start(fake_root, tmp_path, *LONG_RUN)
@@ -256,7 +257,8 @@ def test_a_config_naming_lightnings_own_wandb_logger_is_contained_too(tmp_path, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stop", [pytest.param(signal.SIGKILL, marks=pytest.mark.long), signal.SIGTERM])
+@pytest.mark.long  # make test: tests/test_quiet_stop.py kills wandb-core mid-run and stops the job
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM])
 def test_wandb_service_killed_mid_run_the_run_finishes_with_its_whole_record(stop, uninterrupted, fake_root,
                                                                             tmp_path):
     """SLURM signals every process of a job step: a SIGTERM (pre-emption, scancel --signal) kills W&B's service

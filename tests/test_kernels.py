@@ -384,6 +384,7 @@ def test_fused_triton_kernels_in_the_interpreter_equal_the_eager_reference():
     assert result.returncode == 0, result.stderr[-3000:]
     assert "fused triton kernels agree" in result.stdout
 
+@pytest.mark.long  # a minute in the interpreter; on a GPU, benchmarks/gpu_checks.sh runs the kernels compiled
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs Triton (CUDA builds of PyTorch)")
 def test_triton_kernels_in_the_interpreter_equal_the_eager_reference():
     # TRITON_INTERPRET must be set before Triton compiles anything, so this runs in a fresh process

@@ -376,7 +376,8 @@ def _train(cfg: DictConfig, folder: RunFolder, config: dict, this_hash: str, wri
                 metrics.update(callback.metrics)  # run-level numbers
         metrics = {key: value.item() if torch.is_tensor(value) else value for key, value in metrics.items()}
         metrics["train/loss"] = metrics.get("train/loss_epoch")
-        metrics["time/wall_s"] = sum(attempt["wall_s"] for attempt in attempts.up_to_now())  # every attempt's
+        results["attempts"] = attempts.up_to_now()  # the run's wall time: every attempt's
+        metrics["time/wall_s"] = sum(attempt["wall_s"] for attempt in results["attempts"])
         wandb_dir = next((lg.experiment.dir for lg in loggers if isinstance(lg, WandbLogger)), None)
         history.save()
         results.update(status="finished", metrics=metrics, files=folder.digests() if writer else {})
@@ -408,7 +409,6 @@ def _train(cfg: DictConfig, folder: RunFolder, config: dict, this_hash: str, wri
             results["attempts"] = attempts.up_to_now() if attempts is not None else []
             _write_quietly(folder, results)  # a failed or stopped job: never counted as finished
     if writer:
-        results["attempts"] = attempts.up_to_now()
         folder.write_json(RESULTS, results)  # last: its presence with status finished marks the job done
         print_summary(results, folder.path, wandb_dir)
     if signals.received is not None:  # finished anyway; still stop the sweep, as asked

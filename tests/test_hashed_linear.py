@@ -193,6 +193,7 @@ print("compiled equals eager")
 
 
 @pytest.mark.slow
+@pytest.mark.long  # half a minute of compiling; make test compiles the pipeline's network (test_training)
 def test_compiled_layer_equals_eager_at_one_thread():
     # Inductor compiled the int64 hash wrongly at one thread and the gather after it segfaulted: a fresh process
     src = str(Path(__file__).resolve().parents[1] / "src")

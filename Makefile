@@ -26,7 +26,7 @@ FRONTIER_SWEEP = outputs/frontier/seeds$(SEEDS)
 FRONTIER30_SWEEP = outputs/frontier30/seeds$(SEEDS)
 CONTROLS_SWEEP = outputs/controls/seeds$(SEEDS)
 
-.PHONY: chaos help setup install-into-py data train test test-all test-fast reproduce reproduce-quick frontier frontier30 controls bench clean clean-outputs
+.PHONY: tuned-frontier chaos help setup install-into-py data train test test-all test-fast reproduce reproduce-quick frontier frontier30 controls bench clean clean-outputs
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -98,6 +98,23 @@ controls: setup data  ## the permutation controls: identity, random, stored (SEE
 	$(PY) src/train.py -m experiment=controls 'seed=range(0,$(SEEDS))' hydra.sweep.dir=$(CONTROLS_SWEEP) \
 		$(if $(LAUNCHER),hydra/launcher=$(LAUNCHER)); s=$$?; \
 	$(PY) -m rppnets.analysis.frontier_report $(CONTROLS_SWEEP) --by permutation && exit $$s
+
+# Each method at its own learning rate (experiments/tuned_frontier/README.md): a search per network and k
+# (hparams_search=lr: 16 trials of 5 epochs on the validation loss), then 30 epochs x SEEDS at the best one, then the
+# report. Rerunning continues: finished trials and runs are kept, stopped ones resume.
+tuned-frontier: SEEDS = 3
+TUNED_NETWORKS ?= dense_matched lowrank rpp rpp_signed hashed
+TUNED_KS ?= 10 100
+TUNED := outputs/tuned_frontier
+tuned-frontier: setup data  ## the frontier at each method's best learning rate: searches, then 30-epoch runs (hours)
+	s=0; for k in $(TUNED_KS); do for net in $(TUNED_NETWORKS); do \
+		$(PY) src/train.py -m hparams_search=lr network=$$net model.k=$$k hydra.sweep.dir=$(TUNED)/search/$$net-k$$k \
+			$(if $(LAUNCHER),hydra/launcher=$(LAUNCHER)) || s=1; done; done; \
+	for k in $(TUNED_KS); do for net in $(TUNED_NETWORKS); do \
+		best=$$($(PY) -m rppnets.records.best_params $(TUNED)/search/$$net-k$$k) && \
+		$(PY) src/train.py -m experiment=frontier30 network=$$net model.k=$$k $$best 'seed=range(0,$(SEEDS))' \
+			hydra.sweep.dir=$(TUNED)/final/$$net-k$$k $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER)) || s=1; done; done; \
+	$(PY) -m rppnets.analysis.frontier_report $(TUNED)/final && exit $$s
 
 bench: setup data  ## pipeline and RPP-layer benchmarks (ratios measured side by side)
 	$(PY) benchmarks/pipeline_overhead.py

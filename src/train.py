@@ -33,7 +33,7 @@ DDP_LAUNCH_ENV = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTE
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def main(cfg: DictConfig) -> dict | None:
     global job_started
     job_started = True
     silence_known_noise()  # here, not at import: a launcher's worker process runs only this function
@@ -70,7 +70,7 @@ def main(cfg: DictConfig) -> float | None:
         if multirun:
             return None
         sys.exit(FAILED)
-    return metrics.get("val/loss", metrics.get("train/loss"))  # for Hydra sweepers that optimise
+    return metrics  # the final metrics, for sweepers that optimise one of them (hydra/sweeper=optuna)
 
 
 def caused_by(err: BaseException, kind: type) -> bool:

@@ -112,8 +112,8 @@ class SlurmLauncher(SubmititSlurmLauncher):
             returns |= {idx: self.result(job, watcher) for idx, job in zip(indices, jobs)}
         return [returns[idx] for idx in sorted(returns)]
 
-    def finished_job(self, overrides: Sequence[str], idx: int) -> tuple[Path, float | None] | None:
-        """(run folder, val/loss) of a job of this sweep that has finished already, found as the job itself would
+    def finished_job(self, overrides: Sequence[str], idx: int) -> tuple[Path, dict] | None:
+        """(run folder, final metrics: what the job returns) of a job of this sweep that has finished already, found as the job itself would
         (train()'s skip_finished: a results.json of this very config); None if it must run. Submitting a finished
         job would only queue it to print "already finished"."""
         from rppnets.records.run_folder import RunFolder
@@ -135,7 +135,7 @@ class SlurmLauncher(SubmititSlurmLauncher):
             results = RunFolder(folder).finished_results(run_hash(task))
         finally:
             HydraConfig.instance().cfg = saved
-        return None if results is None else (folder, (results.get("metrics") or {}).get("val/loss"))
+        return None if results is None else (folder, results.get("metrics") or {})
 
     @staticmethod
     def result(job, watcher: QueueWatcher) -> JobReturn:

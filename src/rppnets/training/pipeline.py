@@ -106,6 +106,10 @@ def model_name(cfg: DictConfig) -> str:
     return name
 
 
+# ${model_name:${model}} in a config: the model's short name (hparams_search= names its study by it)
+OmegaConf.register_new_resolver("model_name", lambda model: model_name(OmegaConf.create({"model": model})),
+                                replace=True)
+
 # Keys a model's name already says (model_name), or that the run name adds itself (the seed).
 NAMED_KEYS = ("seed", "network", "model", "model.kind", "model.width", "model.k", "model.bias", "model.depth",
               "model.signs")

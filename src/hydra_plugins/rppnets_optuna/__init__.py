@@ -1,0 +1,1 @@
+"""Hydra sweeper plugin: hyperparameter search with Optuna (hydra/sweeper=optuna, used by hparams_search=)."""

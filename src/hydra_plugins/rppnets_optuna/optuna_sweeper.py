@@ -49,6 +49,7 @@ def search_space(overrides: Sequence[Override]) -> tuple[dict[str, Any], list[st
     for override in overrides:
         key = override.get_key_element()
         value = override.value()
+        written = (override.input_line or "").partition("=")[2] or str(value)  # as the user wrote it
         if not override.is_sweep_override():
             fixed.append(f"{key}={override.get_value_element_as_str()}")
         elif isinstance(value, IntervalSweep):
@@ -61,13 +62,13 @@ def search_space(overrides: Sequence[Override]) -> tuple[dict[str, Any], list[st
         elif isinstance(value, RangeSweep):
             values = list(value.range())
             if not values or not all(isinstance(v, int) for v in values):
-                raise SearchError(f"{key}: {override.get_value_element_as_str()} is invalid; allowed: a range of "
+                raise SearchError(f"{key}: {written} is invalid; allowed: a range of "
                                   "integers with at least one value (use interval(a, b) for floats)")
             space[key] = IntDistribution(values[0], values[-1], step=value.step)
         elif isinstance(value, ChoiceSweep):
             space[key] = CategoricalDistribution(list(override.sweep_string_iterator()))
         else:
-            raise SearchError(f"{key}: {override.get_value_element_as_str()} cannot be searched; allowed: "
+            raise SearchError(f"{key}: {written} cannot be searched; allowed: "
                               "interval(a, b), tag(log, interval(a, b)), range(a, b), a,b,c or choice(a, b, c)")
     return space, fixed
 

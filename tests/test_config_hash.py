@@ -99,7 +99,8 @@ def test_the_data_set_tells_the_model_the_sizes_it_takes_and_its_config_leaves_o
     assert data_sizes(OmegaConf.create({"_target_": target}), Data()) == {"in_features": 12, "num_classes": 4}
     assert data_sizes(OmegaConf.create({"_target_": target, "num_classes": 3}), Data()) == {"in_features": 12}
     assert data_sizes(OmegaConf.create({"_target_": f"{__name__}.Unsized"}), Data()) == {}
-    assert data_sizes(OmegaConf.create({"_target_": target}), object()) == {}  # a data module that does not say
+    with pytest.raises(ConfigError, match="takes in_features and num_classes, which the data module"):
+        data_sizes(OmegaConf.create({"_target_": target}), object())  # a data module that does not say: refused
     assert data_sizes(OmegaConf.create({"_target_": "nowhere.Missing"}), Data()) == {}
 
 

@@ -152,6 +152,22 @@ def test_a_sweep_through_sbatch_finishes_each_job_like_the_same_job_run_locally(
         assert metric_rows(folder.parent) == metric_rows(local / folder.parent.name)
 
 
+@pytest.mark.long  # 2 minutes; test_hparams_search runs a search in make test, this one's sweep test runs sbatch
+def test_a_search_runs_its_trials_as_slurm_jobs_and_finds_what_it_finds_locally(slurm, tmp_path, fake_root):
+    search = ["hparams_search=lr", *quick(fake_root), "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=2"]
+    on_slurm, local = tmp_path / "slurm", tmp_path / "local"
+    result = sweep([*search, *ON_SLURM, f"hydra.sweep.dir={on_slurm}"], env=slurm)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert sweep([*search, f"hydra.sweep.dir={local}"]).returncode == 0
+    assert len(list(on_slurm.glob(".submitit/*/*_submission.sh"))) == 2  # trials 0-1 as one array, then trial 2
+    assert (on_slurm / "trials.csv").read_text().count("complete") == 3
+    rows = [[{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(open(folder / "trials.csv"))]
+            for folder in (on_slurm, local)]
+    assert rows[0] == rows[1]  # the same parameters and values, each trial a SLURM job or run here
+    assert sweep([*search, *ON_SLURM, f"hydra.sweep.dir={on_slurm}"], env=slurm).returncode == 0  # study complete:
+    assert len(list(on_slurm.glob(".submitit/*/*_submission.sh"))) == 2                        # nothing submitted
+
+
 @pytest.mark.long  # 5 minutes, braked past SLURM's signal; make test's cancelled-job test stops and resumes a job
 def test_time_limit_and_preemption_each_save_requeue_and_resume_to_the_uninterrupted_result(
         slurm, start_sweep, tmp_path, fake_root):

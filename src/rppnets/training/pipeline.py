@@ -165,13 +165,21 @@ def _download(datamodule: pl.LightningDataModule) -> None:
 
 def data_sizes(model_cfg: DictConfig, datamodule) -> dict:
     """What the data set tells the model, for each of `in_features` and `num_classes` that the model's class takes
-    and its config does not set: the data module knows them before reading any file."""
+    and its config does not set: the data module knows them before reading any file. A size the model takes, its
+    config leaves unset and the data module does not have is refused (ConfigError): the model's default (784 inputs,
+    10 classes for the built-in MLP) would fail at the first batch, or train on the wrong number of classes."""
     try:
         parameters = inspect.signature(get_class(model_cfg._target_)).parameters
     except Exception:  # not importable: instantiating it names the error
         return {}
-    return {name: getattr(datamodule, name) for name in ("in_features", "num_classes")
-            if name in parameters and name not in model_cfg and hasattr(datamodule, name)}
+    wanted = [name for name in ("in_features", "num_classes") if name in parameters and name not in model_cfg]
+    if missing := [name for name in wanted if not hasattr(datamodule, name)]:
+        data = f"{type(datamodule).__module__}.{type(datamodule).__qualname__}"
+        raise ConfigError(f"model: {model_cfg._target_} takes {' and '.join(missing)}, which the data module {data} "
+                          f"does not give; allowed: an attribute of the data module, set in its __init__ (as "
+                          f"self.{missing[0]} = ...), or the value in the model's config: "
+                          + " ".join(f"model.{name}=<n>" for name in missing))
+    return {name: getattr(datamodule, name) for name in wanted}
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -255,7 +263,7 @@ def _build_and_train(cfg: DictConfig, folder: RunFolder, config: dict, this_hash
     sizes = data_sizes(cfg.model, datamodule)
     check_memory(cfg, sizes)  # before the model takes any memory
     module = Classifier(_build(cfg, "model", **sizes), optimizer=_build(cfg, "optimizer"),
-                        num_classes=getattr(datamodule, "num_classes", 10))
+                        num_classes=getattr(datamodule, "num_classes", cfg.model.get("num_classes", 10)))
     if cfg.get("compile"):  # in place: the checkpoint's state_dict keys stay those of the eager network
         module.net.compile(mode=cfg.compile, fullgraph=True)
     # Under DDP the permutation indices are not broadcast from rank 0: each rank builds the same ones from the seed,
@@ -358,6 +366,8 @@ def _train(cfg: DictConfig, folder: RunFolder, config: dict, this_hash: str, wri
         signals.check()
         callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
         callbacks.append(RandomStates())
+        # last.ckpt saved after every other checkpoint callback's epoch end (a best checkpoint's): it holds their state
+        callbacks.sort(key=lambda callback: isinstance(callback, LastCheckpoint))
         last = next((c for c in callbacks if isinstance(c, LastCheckpoint)), None)
         if last is not None:
             last.signals, last.identity, last.attempts = signals, identity, attempts

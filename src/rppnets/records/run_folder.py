@@ -15,11 +15,12 @@ RESULTS = "results.json"
 STATE = "run_state.json"  # config hash and W&B run id, kept across resumes
 CHECKPOINT = "checkpoints/last.ckpt"
 PREVIOUS_CHECKPOINT = "checkpoints/previous.ckpt"  # the one before last.ckpt (checkpointing.AtomicCheckpointIO)
+BEST_CHECKPOINT = "checkpoints/best.ckpt"  # callbacks/best_checkpoint=...: the best epoch's, kept across resumes
 METRICS_CSV = "csv/metrics.csv"
 CSV_IDENTITY = "csv/run.json"
 WANDB = "wandb"
 # Everything an attempt writes; a run started afresh sets all of it aside.
-RUN_FILES = (CHECKPOINT, PREVIOUS_CHECKPOINT, METRICS_CSV, CSV_IDENTITY, RESULTS, STATE, WANDB)
+RUN_FILES = (CHECKPOINT, PREVIOUS_CHECKPOINT, BEST_CHECKPOINT, METRICS_CSV, CSV_IDENTITY, RESULTS, STATE, WANDB)
 
 
 class FolderBusyError(RuntimeError):

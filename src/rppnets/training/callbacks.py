@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import RichProgressBar
+from pytorch_lightning.callbacks import EarlyStopping as LightningEarlyStopping, RichProgressBar
+from pytorch_lightning.callbacks.early_stopping import EarlyStoppingReason
 from pytorch_lightning.utilities.rank_zero import rank_zero_warn
 
 from rppnets.checks import check_int
@@ -218,6 +219,26 @@ def peak_rss_bytes() -> int:
         pass
     # ru_maxrss is in KiB on Linux, bytes on macOS.
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
+class EarlyStopping(LightningEarlyStopping):
+    """Lightning's EarlyStopping (conf/callbacks/early_stopping/), whose decision survives a resume and is said.
+
+    Its state (best score, epochs without improvement) travels in every checkpoint through Lightning's callback state.
+    A run stopped by a signal in the very epoch it decided to stop in has that decision in its last.ckpt, saved after
+    it (LastCheckpoint saves after every other callback's epoch end), but not the trainer's `should_stop`: resumed, it
+    would train one more epoch. Here the resumed run stops where the uninterrupted one did.
+    """
+
+    def on_train_start(self, trainer, pl_module):
+        if self.stopping_reason != EarlyStoppingReason.NOT_STOPPED:  # decided before the checkpoint resumed
+            trainer.should_stop = True
+
+    def _run_early_stopping_check(self, trainer) -> None:
+        decided = self.stopping_reason != EarlyStoppingReason.NOT_STOPPED
+        super()._run_early_stopping_check(trainer)
+        if not decided and self.stopping_reason != EarlyStoppingReason.NOT_STOPPED and trainer.is_global_zero:
+            print(f"\nearly stopping after epoch {self.stopped_epoch + 1}: {self.stopping_reason_message}", flush=True)
 
 
 class ProgressBar(RichProgressBar):

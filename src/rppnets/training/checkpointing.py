@@ -27,6 +27,7 @@ from rppnets.training.history import RunHistory
 # (`--signal=USR1@90`) or submitit's SIGUSR2 before the limit; Ctrl-C is SIGINT, a closed terminal SIGHUP.
 STOP_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2,
                 signal.SIGALRM, signal.SIGXCPU)
+LAST = "last.ckpt"  # the run's own checkpoint (LastCheckpoint); the only one with a previous.ckpt
 PREVIOUS = "previous.ckpt"  # the checkpoint before last.ckpt, kept beside it: a damaged last.ckpt falls back to it
 # A run that has not reached its safe point this long after a stop signal stops at once, as if the signal came twice:
 # one signal always stops a run, even one stuck in a wait that never ends.
@@ -69,9 +70,9 @@ class Preempted(Exception):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes a checkpoint to a temporary file, syncs it, moves the one it replaces to ``previous.ckpt``, then renames
-    it into place: a kill mid-write leaves a good checkpoint, and a damaged ``last.ckpt`` still has one to fall back
-    on. Loads with ``weights_only=True``: a checkpoint holds tensors and plain values only."""
+    """Writes a checkpoint to a temporary file, syncs it, moves the ``last.ckpt`` it replaces to ``previous.ckpt``,
+    then renames it into place: a kill mid-write leaves a good checkpoint, and a damaged ``last.ckpt`` still has one to
+    fall back on. Any other checkpoint (``best.ckpt``) is replaced by the rename alone. Loads with ``weights_only=True``: a checkpoint holds tensors and plain values only."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
         path = Path(path)
@@ -85,7 +86,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except (OSError, RuntimeError) as err:
             tmp.unlink(missing_ok=True)
             raise _write_error(path, err) from err
-        if path.is_file():
+        if path.name == LAST and path.is_file():  # another checkpoint (best.ckpt) is replaced, previous.ckpt kept
             os.replace(path, path.with_name(PREVIOUS))
         os.replace(tmp, path)
 
@@ -162,7 +163,7 @@ class LastCheckpoint(Checkpoint):
     """
 
     def __init__(self, dirpath: str, every_n_train_steps: int | None = None):
-        self.path = Path(dirpath) / "last.ckpt"
+        self.path = Path(dirpath) / LAST
         self.every_n_train_steps = (None if every_n_train_steps is None
                                     else check_int("every_n_train_steps", every_n_train_steps, 1))
         self.signals: StopSignals | None = None  # set by train() while the run is protected

@@ -155,3 +155,23 @@ def test_a_search_killed_mid_trial_continues_to_the_trials_of_one_never_stopped(
     best = OmegaConf.load(killed_dir / "best.yaml")
     assert best == OmegaConf.load(tmp_path / "whole" / "best.yaml")
     assert best.best_value == min(float(row["val/loss"]) for row in trial_rows(killed_dir))
+
+
+def test_the_search_report_sets_each_best_value_beside_the_default_runs_value_after_the_same_epochs(tmp_path):
+    from rppnets.analysis.search_report import search_rows, summary_markdown
+
+    search = tmp_path / "searches" / "rpp-k10"
+    search.mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create({"study": "lr-rpp-w10-k10-e2-s0", "metric": "val/loss", "best_value": 0.4,
+                                     "best_params": {"optimizer.lr": 0.003}, "trials_complete": 2}),
+                   search / "best.yaml")
+    (search / "trials.csv").write_text("trial,state,val/loss,optimizer.lr,seconds\n0,complete,0.4,0.003,1\n"
+                                       "1,complete,0.9,0.05,1\n2,fail,,0.2,1\n")
+    untuned = tmp_path / "untuned" / "rpp-k10-seed0"  # a committed record: metrics.csv beside results.json
+    untuned.mkdir(parents=True)
+    (untuned / "results.json").write_text('{"status": "finished", "run_name": "rpp-w10-k10-s0", "metrics": {}}')
+    (untuned / "metrics.csv").write_text("epoch,val/loss,step\n0,0.7,10\n1,0.5,20\n2,0.45,30\n")
+    (row,) = search_rows(tmp_path / "searches", tmp_path / "untuned")
+    assert row == {"search": "rpp-k10", "study": "lr-rpp-w10-k10-e2-s0", "trials": 2, "best_lr": 0.003,
+                   "best_value": 0.4, "worst_value": 0.9, "default_value": 0.5}  # epoch 2 is the CSV's epoch 1
+    assert "| rpp-k10 | 2 | 0.003 | 0.4000 | 0.5000 | 0.800 | 0.9000 |" in summary_markdown([row])

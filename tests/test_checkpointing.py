@@ -24,6 +24,14 @@ from rppnets.training.checkpointing import (STOP_GRACE_S, STOP_SIGNALS, AtomicCh
                                             read_checkpoint, requeue_slurm_job)
 
 
+@pytest.fixture(autouse=True)
+def grace_timer_disarmed():
+    """A grace timer a test leaves armed (its assertion failed) is disarmed at once: its SIGALRM would otherwise kill
+    the test process a second later, whatever test runs then."""
+    yield
+    signal.setitimer(signal.ITIMER_REAL, 0)
+
+
 def lightning_checkpoint(step=3, processed=1, started=1) -> dict:
     return {"loops": {"fit_loop": {"epoch_progress": {"current": {"processed": processed, "started": started}}}},
             "global_step": step, "state_dict": {"w": torch.arange(3.0)}}
@@ -108,6 +116,7 @@ def test_a_stop_signal_is_remembered_and_a_second_stops_at_once(capsys):
             os.kill(os.getpid(), signal.SIGUSR2)  # asked twice: the first signal is the one named
         assert stopped.value.signum == signal.SIGUSR1 and signals.received == signal.SIGUSR1
     assert {signum: signal.getsignal(signum) for signum in STOP_SIGNALS} == before
+    assert signal.getitimer(signal.ITIMER_REAL)[0] == 0  # the grace timer ends with the run's protection
 
 
 def test_take_over_reinstalls_the_handler_over_another(capsys):
@@ -117,6 +126,7 @@ def test_take_over_reinstalls_the_handler_over_another(capsys):
         assert all(signal.getsignal(signum) == signals._handle for signum in STOP_SIGNALS)
         os.kill(os.getpid(), signal.SIGTERM)
         assert signals.received == signal.SIGTERM
+    assert signal.getitimer(signal.ITIMER_REAL)[0] == 0
 
 
 # --- reading a checkpoint ---------------------------------------------------------------------------------------
@@ -290,3 +300,134 @@ def test_a_stop_signal_arms_the_grace_timer_until_the_run_settles():
         with pytest.raises(Preempted):
             os.kill(os.getpid(), signal.SIGUSR1)  # a second one still stops at once
     assert signal.getitimer(signal.ITIMER_REAL)[0] == 0
+
+
+# --- what the mutation run of 2026-12-08 found untested ----------------------------------------------------------
+
+
+class FlushRecorder:
+    """A stdout that records what is written and when it is flushed: a stop or requeue line must reach the job's log
+    at once, before the process is killed with its buffer."""
+
+    def __init__(self):
+        self.events = []
+
+    def write(self, text):
+        self.events.append(("write", text))
+        return len(text)
+
+    def flush(self):
+        self.events.append("flush")
+
+    def text(self):
+        return "".join(event[1] for event in self.events if event != "flush")
+
+
+def test_loading_refuses_objects_even_where_the_environment_turns_torchs_default_off(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {}, "loops": {}, "thing": Fraction(1, 3)}, path)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # torch.load's default is then weights_only=False
+    with pytest.raises(pickle.UnpicklingError):
+        AtomicCheckpointIO().load_checkpoint(path)
+
+
+def test_the_writer_loads_on_the_cpu_unless_told_otherwise(tmp_path, monkeypatch):
+    seen = []
+    real = torch.load
+
+    def load(file, **kwargs):
+        seen.append(kwargs)
+        return real(file, **kwargs)
+
+    path = tmp_path / "last.ckpt"
+    torch.save(lightning_checkpoint(), path)
+    monkeypatch.setattr(torch, "load", load)
+    AtomicCheckpointIO().load_checkpoint(path)
+
+    def elsewhere(storage, location):
+        return storage
+
+    AtomicCheckpointIO().load_checkpoint(path, map_location=elsewhere)
+    assert seen == [{"map_location": "cpu", "weights_only": True}, {"map_location": elsewhere, "weights_only": True}]
+
+
+def test_a_save_makes_every_missing_folder_above_the_checkpoint(tmp_path):
+    path = tmp_path / "sweep" / "run" / "checkpoints" / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint(lightning_checkpoint(step=4), path)
+    assert read_checkpoint(path)["global_step"] == 4
+
+
+def test_a_temporary_file_that_cannot_be_made_is_a_write_error_naming_the_checkpoint(tmp_path, monkeypatch):
+    io, path = AtomicCheckpointIO(), tmp_path / "last.ckpt"
+    io.save_checkpoint(lightning_checkpoint(step=1), path)
+
+    def no_file(*args, **kwargs):  # e.g. no descriptor left, or no inode: the temporary file never exists
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(checkpointing, "open", no_file, raising=False)
+    with pytest.raises(OSError) as raised:
+        io.save_checkpoint(lightning_checkpoint(step=2), path)
+    assert (raised.value.errno, raised.value.filename) == (errno.EMFILE, str(path))
+    monkeypatch.undo()
+    assert read_checkpoint(path)["global_step"] == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+
+
+def test_a_write_error_measures_the_free_space_of_the_checkpoints_folder(tmp_path, monkeypatch):
+    asked = []
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(checkpointing.shutil, "disk_usage", lambda p: asked.append(p) or usage(1, 1, 0))
+    assert _write_error(tmp_path / "last.ckpt", RuntimeError("unexpected pos")).errno == errno.ENOSPC
+    assert asked == [tmp_path]
+
+
+def test_the_stop_line_is_flushed_at_once(monkeypatch):
+    out = FlushRecorder()
+    monkeypatch.setattr("sys.stdout", out)
+    with StopSignals() as signals:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert signals.received == signal.SIGUSR1
+    assert signal.getitimer(signal.ITIMER_REAL)[0] == 0
+    assert out.text().startswith("\nreceived SIGUSR1: stopping") and out.events[-1] == "flush"
+
+
+@pytest.mark.parametrize("state, requeue, line", [("RUNNING", (0, ""), "SLURM job 77 requeued\n"),
+                                                  ("RUNNING", (1, "denied"), "SLURM job 77 not requeued: denied\n"),
+                                                  ("PENDING", None, "SLURM job 77 requeued by SLURM (PENDING)\n"),
+                                                  ("CANCELLED", None, "SLURM job 77 not requeued: it is CANCELLED\n")])
+def test_every_requeue_line_is_flushed_at_once(scontrol, monkeypatch, state, requeue, line):
+    _, answers, _ = scontrol
+    answers["state"], answers["requeue"] = state, requeue
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    out = FlushRecorder()
+    monkeypatch.setattr("sys.stdout", out)
+    requeue_slurm_job()
+    assert out.text() == line and out.events[-1] == "flush"
+
+
+class FakeCuda:
+    """torch.cuda as a machine with a GPU shows it: `initialized` once a tensor went to the GPU."""
+
+    def __init__(self, initialized):
+        self.initialized, self.set = initialized, []
+
+    def install(self, monkeypatch):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "is_initialized", lambda: self.initialized)
+        monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [torch.tensor([7], dtype=torch.uint8)])
+        monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: self.set.append(states))
+
+
+def test_cuda_generators_are_saved_once_cuda_runs_and_restored_where_saved(monkeypatch):
+    cuda = FakeCuda(initialized=True)
+    cuda.install(monkeypatch)
+    saved = RandomStates().state_dict()
+    assert [state.tolist() for state in saved["cuda"]] == [[7]]
+    RandomStates().load_state_dict(saved)
+    assert len(cuda.set) == 1 and cuda.set[0] is saved["cuda"]
+
+    cuda = FakeCuda(initialized=False)  # a GPU the run never used: nothing of it saved, nothing set
+    cuda.install(monkeypatch)
+    saved = RandomStates().state_dict()
+    assert "cuda" not in saved
+    RandomStates().load_state_dict(saved)  # a checkpoint without CUDA states, on a machine with a GPU
+    assert cuda.set == []

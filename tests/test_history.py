@@ -81,3 +81,12 @@ def test_replay_gives_each_logger_every_row_again_with_its_step():
     for logger in loggers:
         assert logger.calls == [({"a": 1.0}, 3), ({"b": 2.0, "epoch": 0}, 7)]
     assert rows[0] == {"a": 1.0, "step": 3}  # the history itself is untouched
+
+
+def test_a_history_that_has_logged_nothing_writes_nothing(tmp_path):
+    history = RunHistory(tmp_path, identity={"run_name": "r"})
+    history.save()  # nothing logged yet (a save before the first step): no file, not even the identity
+    assert not (tmp_path / "csv").exists()
+    history.log_metrics({"a": 1})
+    history.save()
+    assert read(history.csv_path) == [["a", "step"], ["1", "0"]] and (tmp_path / "csv" / "run.json").is_file()

@@ -153,3 +153,53 @@ def test_sweep_configs_take_each_networks_first_job(tmp_path):
     configs = sweep_configs(tmp_path)
     assert sorted(configs) == ["rpp", "softmax"] and configs["rpp"].seed == 0
     assert configs["rpp"].model.seed == 0  # interpolations still resolve outside Hydra
+
+
+def busy() -> None:
+    while True:
+        pass
+
+
+@pytest.mark.skipif(cpu_kernels.kernel() is None, reason="the C++ kernels did not build")
+@pytest.mark.parametrize("permutation", ["stored", "generated"])
+def test_a_steps_peak_holds_still_on_a_busy_machine(permutation):
+    """The logged step peak of one config is one figure, whatever the scheduler does: measured as MemoryStats does
+    (a warm-up step, then 3 measured steps) three times at 2 threads while a busy process per core competes. The
+    fused kernels made their per-thread tiles inside their parallel runs, so whether two were alive at once
+    depended on when each thread started: 283,276 / 452,608 / 483,980 bytes for one config on a busy machine."""
+    import multiprocessing
+
+    from rppnets.models import MLP
+
+    torch.manual_seed(0)
+    net = MLP(kind="rpp", width=10, k=10, permutation=permutation)  # k = 10: the tiles weigh most in the step
+    optimizer = torch.optim.Adam(net.parameters())
+    x, y = torch.randn(128, 784), torch.randint(0, 10, (128,))
+
+    def step():
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        optimizer.step()
+
+    threads = torch.get_num_threads()
+    load = [multiprocessing.Process(target=busy, daemon=True) for _ in range(multiprocessing.cpu_count())]
+    for process in load:
+        process.start()
+    try:
+        torch.set_num_threads(2)
+        step()
+        peaks = []
+        for _ in range(3):
+            meter = StepPeakMeter("cpu")
+            meter.open()
+            step()  # warm-up, as MemoryStats runs it
+            for _ in range(3):
+                meter.begin_step()
+                step()
+                meter.end_step()
+            peaks.append(meter.close())
+    finally:
+        torch.set_num_threads(threads)
+        for process in load:
+            process.terminate()
+    assert len(set(peaks)) == 1, peaks

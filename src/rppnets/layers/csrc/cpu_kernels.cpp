@@ -12,6 +12,7 @@
 #include <ATen/ThreadLocalState.h>
 
 #include <algorithm>
+#include <array>
 #include <optional>
 #include <tuple>
 #include <type_traits>
@@ -344,9 +345,13 @@ torch::Tensor fused_matmul(const torch::Tensor& x, const torch::Tensor& weight, 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, weight.scalar_type(), "fused_matmul", [&] {
     with_signs(perm.signs, [&](auto is_signed) {
       constexpr bool SIGNED = decltype(is_signed)::value;
-      const int64_t blocks = (columns + block - 1) / block;
-      for_each_run(thread_runs(blocks), blocks, [&](int64_t, int64_t first, int64_t end) {
-        auto buffer = torch::empty({m * std::min(block, columns)}, weight.options());
+      const int64_t blocks = (columns + block - 1) / block, runs = thread_runs(blocks);
+      // each run's tile, made here on the calling thread: the memory a step takes then depends on the thread count
+      // alone, never on how the threads were scheduled (made inside the runs, two tiles were alive at once or not)
+      std::vector<torch::Tensor> buffers;
+      for (int64_t run = 0; run < runs; ++run) buffers.push_back(torch::empty({m * std::min(block, columns)}, weight.options()));
+      for_each_run(runs, blocks, [&](int64_t run, int64_t first, int64_t end) {
+        auto& buffer = buffers[run];
         for (int64_t c0 = first * block; c0 < std::min(end * block, columns); c0 += block) {
           const int64_t width = std::min(block, columns - c0);
           auto tile = buffer.narrow(0, 0, m * width).view({m, width});
@@ -410,11 +415,18 @@ std::tuple<torch::Tensor, torch::Tensor> fused_backward(const torch::Tensor& gra
     const scalar_t* w = need_x ? w_contiguous.data_ptr<scalar_t>() : nullptr;
     with_signs(perm.signs, [&](auto is_signed) {
       constexpr bool SIGNED = decltype(is_signed)::value;
+      // scratch for each thread that runs runs (at most min(runs, threads) at once), made here on the calling
+      // thread, as the forward's tiles: a step's memory depends on the thread count, not on the threads' schedule
+      const int64_t max_width = std::min(block, columns), slots = std::min<int64_t>(runs, at::get_num_threads());
+      std::vector<std::array<torch::Tensor, 3>> scratch;
+      for (int64_t slot = 0; slot < slots; ++slot)
+        scratch.push_back({torch::empty({need_x ? m * max_width : 0}, options),
+                           torch::empty({need_weight ? m * max_width : 0}, options),
+                           torch::empty({need_weight && generated ? m * max_width : 0}, options.dtype(torch::kInt32))});
       for_each_run(runs, blocks, [&](int64_t run, int64_t first, int64_t end) {
-        const int64_t max_width = std::min(block, columns);
-        auto tiles = torch::empty({need_x ? m * max_width : 0}, options);
-        auto products = torch::empty({need_weight ? m * max_width : 0}, options);
-        auto rows = torch::empty({need_weight && generated ? m * max_width : 0}, options.dtype(torch::kInt32));
+        const int64_t slot = at::get_thread_num();  // one thread per slot: no two runs at once share scratch
+        TORCH_INTERNAL_ASSERT(slot < slots, "fused_backward: thread ", slot, " of ", slots, " scratch slots");
+        auto& [tiles, products, rows] = scratch[slot];
         auto dx = grad_x[run];
         acc_t* dw = need_weight ? grad_w[run].data_ptr<acc_t>() : nullptr;
         const int64_t dw_stride = grad_w[run].size(1);

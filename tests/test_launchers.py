@@ -166,7 +166,8 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_metrics(signum, when, resume
 
 
 # Measured, not computed: they differ from run to run, and a resumed run measures its step peak at later steps.
-MEASURED = ("time/epoch_s", "time/samples_per_s", "time/wall_s", "memory/peak_rss_bytes", "memory/step_peak_bytes")
+MEASURED = ("time/epoch_s", "time/samples_per_s", "time/wall_s", "memory/peak_rss_bytes", "memory/step_peak_bytes",
+            "memory/step_peak_threads")
 
 
 def metric_rows(run: Path) -> tuple[list[dict], dict]:

@@ -119,7 +119,8 @@ class MemoryStats(RunMetrics):
     - ``memory/state_bytes``: parameters, gradients, optimizer state, buffers and kept permutation indices,
       after the first training step of this fit (when the optimizer's state exists);
     - ``memory/step_peak_bytes``: the highest peak of tensor memory in a few early steps, each above what was
-      allocated when it began. After the first step, one warm-up step and `measured_steps` steps run with the
+      allocated when it began; the same for every run of a config at one thread count, however busy the machine
+      (``memory/step_peak_threads``: the thread count it was measured at; RPP's CPU kernels hold a tile per thread). After the first step, one warm-up step and `measured_steps` steps run with the
       measurement on (on the CPU, the profiler); it is off for the rest of training and changes no result;
     - the run's peak, reset when fitting starts so that jobs of one multirun process do not inherit each
       other's: ``memory/cuda_max_allocated_bytes`` on a GPU, ``memory/peak_rss_bytes`` (process RSS) on the CPU.
@@ -198,7 +199,8 @@ class MemoryStats(RunMetrics):
         if peak is None:
             rank_zero_warn("memory/step_peak_bytes not measured: the first epoch ended before a measured step")
         else:
-            self.log_once(trainer, {"memory/step_peak_bytes": peak})
+            # on the CPU the peak depends on the thread count (each thread's scratch tile), logged beside it
+            self.log_once(trainer, {"memory/step_peak_bytes": peak, "memory/step_peak_threads": torch.get_num_threads()})
 
 
 def reset_peak_rss() -> None:

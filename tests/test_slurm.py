@@ -224,6 +224,10 @@ def test_a_cancelled_job_is_listed_unfinished_and_the_rerun_sweep_resumes_it(slu
     wait_until(lambda: (tmp_path / "started-0").exists(), 90, "job 0's first step")
     subprocess.run(["scancel", f"{array}_0"], env=os.environ | slurm, check=True)
     wait_until(lambda: "not requeued: it is" in logs(on_slurm, 0), 60, "job 0's stop")  # COMPLETING
+    wait_until(lambda: "stopped by SIGTERM" in logs(on_slurm, 0), 30, "job 0's stop line")
+    (stop,) = [line for line in logs(on_slurm, 0).splitlines() if "stopped by SIGTERM" in line]
+    # the job's own command line is submitit's (python -m submitit.core._submit <folder>/%j): never printed to rerun
+    assert "resume: run the sweep's command again (finished jobs are skipped)" in stop and "_submit" not in stop, stop
     (tmp_path / "brake").unlink()
     output = sweep_output(run, [], slurm, 240)
     assert run.returncode == 1, output[-3000:] + logs(on_slurm, 0)[-3000:]

@@ -142,3 +142,32 @@ def test_forward_is_the_network_and_the_optimizer_gets_every_parameter():
     assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["lr"] == 0.5
     assert optimizer.param_groups[0]["params"] == list(classifier.parameters())
     assert classifier.metrics["train_acc"].num_classes == 3
+
+
+# --- what the mutation run of 2026-12-08 found untested ----------------------------------------------------------
+
+
+def test_the_step_loss_is_logged_on_lightnings_steps_for_any_logging_interval():
+    # Lightning's loggers write when (global_step + 1) % log_every_n_steps == 0: steps 2 and 5 of an interval of 3
+    for step in range(6):
+        classifier = module(log_every_n_steps=3, global_step=step)
+        classifier.training_step(BATCHES[0], 0)
+        assert bool(classifier.logged) is (step in (2, 5)), step
+
+
+def test_accuracy_is_over_images_not_a_mean_over_classes():
+    # three images of class 0 right, one of class 1 wrong: 3 of 4 images (a mean over classes would say 1/2)
+    x = torch.tensor([[2.0, 0, 0], [2.0, 0, 0], [2.0, 0, 0], [2.0, 0, 0]])
+    y = torch.tensor([0, 0, 0, 1])
+    for stage in ("train", "val", "test"):
+        classifier = module()
+        {"train": classifier.training_step, "val": classifier.validation_step, "test": classifier.test_step}[stage](
+            (x, y), 0)
+        {"train": classifier.on_train_epoch_end, "val": classifier.on_validation_epoch_end,
+         "test": classifier.on_test_epoch_end}[stage]()
+        assert classifier.logged[-1][0][f"{stage}/acc"] == 0.75, stage
+
+
+def test_ten_classes_unless_told():
+    classifier = Classifier(Fixed(), partial(torch.optim.SGD, lr=0.5))
+    assert {classifier.metrics[f"{stage}_acc"].num_classes for stage in ("train", "val", "test")} == {10}

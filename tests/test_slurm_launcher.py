@@ -2,6 +2,7 @@
 job states from sacct, or squeue where sacct has no accounting; a job that ends without a result listed, not fatal;
 sbatch options passed as the plugin names them. A wrong state waits forever for a dead job or abandons a live one."""
 
+import json
 import logging
 import os
 import subprocess
@@ -203,3 +204,120 @@ def test_finished_jobs_are_not_submitted_and_the_returns_keep_the_sweeps_order(t
     submitted.clear()  # every job finished: nothing is submitted at all
     monkeypatch.setattr(launcher, "finished_job", lambda overrides, idx: (tmp_path, 0.0))
     assert [r.return_value for r in launcher.launch([["seed=0"]], initial_job_idx=0)] == [0.0] and not submitted
+
+
+# --- a finished job found as the job itself would find it (the real config, composed as Hydra hands it a sweep) ------
+
+
+@pytest.fixture()
+def sweep_launcher(tmp_path):
+    """The launcher as Hydra starts it for a sweep of conf/train.yaml into tmp_path/sweep; `job_hash(overrides)` the
+    config hash the job of these overrides records in its results.json (composed on its own, outside the sweep)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    import rppnets.training.sweep  # noqa: F401  (registers job_dirname, which names the job folders)
+    from helpers import CONF_DIR
+    from rppnets.training.pipeline import run_hash
+
+    saved = HydraConfig.instance().cfg
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        master = compose("train", overrides=[f"hydra.sweep.dir={tmp_path / 'sweep'}"], return_hydra_config=True)
+        launcher = SlurmLauncher(submitit_folder=str(tmp_path / ".submitit"), max_num_timeout=3)
+        launcher.config = master
+        launcher.hydra_context = SimpleNamespace(config_loader=GlobalHydra.instance().config_loader())
+        HydraConfig.instance().set_config(master)
+        sweeps = HydraConfig.instance().cfg  # the sweep's own Hydra config, as the launcher finds it
+        yield launcher, lambda overrides: run_hash(compose("train", overrides=list(overrides))), sweeps
+    HydraConfig.instance().cfg = saved
+
+
+def write_results(folder, config_hash, **extra):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "results.json").write_text(json.dumps({"status": "finished", "config_hash": config_hash} | extra))
+
+
+def test_a_finished_job_is_found_in_its_own_folder_by_its_own_config(sweep_launcher, tmp_path):
+    from hydra.core.hydra_config import HydraConfig
+
+    launcher, job_hash, sweeps = sweep_launcher
+    folder = tmp_path / "sweep" / "2-seed=3"  # <job number>-<its overrides>, conf/train.yaml's hydra.sweep.subdir
+    assert launcher.finished_job(["seed=3"], 2) is None  # nothing there yet
+    write_results(folder, job_hash(["seed=3"]), metrics={"val/loss": 0.5, "test/acc": 0.75})
+    assert launcher.finished_job(["seed=3"], 2) == (folder, {"val/loss": 0.5, "test/acc": 0.75})
+    assert HydraConfig.instance().cfg is sweeps  # the sweep's own config is back after each look
+    assert launcher.finished_job(["seed=3"], 1) is None  # job 1 of the same overrides has another folder
+    write_results(folder, job_hash(["seed=3"]))  # finished without metrics: an empty set, not None
+    assert launcher.finished_job(["seed=3"], 2) == (folder, {})
+    write_results(tmp_path / "sweep" / "2-seed=4", job_hash(["seed=3"]))  # another config's results in its folder
+    assert launcher.finished_job(["seed=4"], 2) is None
+
+
+@pytest.mark.parametrize("key", ["resume", "skip_finished"])
+def test_a_job_told_not_to_skip_or_resume_is_submitted_even_when_finished(sweep_launcher, tmp_path, key):
+    from rppnets.records.run_folder import RunFolder
+
+    launcher, job_hash, _ = sweep_launcher
+    overrides = [f"{key}=false", "seed=3"]
+    folder = tmp_path / "sweep" / f"0-{','.join(sorted(overrides))}"  # Hydra's override_dirname: sorted
+    write_results(folder, job_hash(overrides), metrics={"val/loss": 0.5})
+    assert RunFolder(folder).finished_results(job_hash(overrides)) is not None  # finished, of this very config
+    assert launcher.finished_job(overrides, 0) is None
+
+
+# --- what the mutation run of 2026-12-08 found untested ----------------------------------------------------------
+
+
+def test_a_cached_state_asks_nothing_and_a_forced_one_asks_now(scheduler):
+    calls, answers = scheduler
+    answers["sacct"] = (0, "JobID|State|NodeList\n12|COMPLETED|n1\n", "")
+    watcher = watcher_of("12")
+    assert not watcher.is_done("12", mode="cache") and calls == []  # never polled: nothing known, nothing asked
+    assert watcher.is_done("12", mode="force") and len(calls) == 1
+    assert sorted(watcher._info_dict) == ["12"]  # sacct's own header line is not read as a job
+
+
+class SweepExecutor:
+    """submitit's executor stubbed: the array it was given, and jobs that return their job number."""
+
+    submitted: dict = {}
+
+    def __init__(self, **kwargs):
+        SweepExecutor.submitted = {}
+
+    def update_parameters(self, **kwargs):
+        pass
+
+    def map_array(self, function, overrides, keys, numbers, ids, states):
+        SweepExecutor.submitted.update(overrides=overrides, numbers=numbers)
+        SweepExecutor.submitted["jobs"] = [
+            FakeJob(f"70_{i}", result=JobReturn(status=JobStatus.COMPLETED, _return_value=float(n)))
+            for i, n in enumerate(numbers)]
+        return SweepExecutor.submitted["jobs"]
+
+
+def test_a_sweep_numbered_from_later_on_finds_and_says_its_jobs_by_their_numbers(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(submitit, "AutoExecutor", SweepExecutor)
+    launcher = SlurmLauncher(submitit_folder=str(tmp_path / ".submitit"), max_num_timeout=3)
+    sweep = tmp_path / "multirun" / "2026-12-08" / "sweep"  # no folder of it exists yet
+    launcher.config = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}})
+    asked = []
+
+    def finished_job(overrides, idx):  # job 6 (seed=1) finished in an earlier run of the sweep
+        asked.append((list(overrides), idx))
+        return (tmp_path / "done-6", {"val/loss": 0.25}) if (list(overrides), idx) == (["seed=1"], 6) else None
+
+    monkeypatch.setattr(launcher, "finished_job", finished_job)
+    with caplog.at_level(logging.INFO, logger=slurm_launcher.__name__):
+        returns = launcher.launch([["seed=0", "lr=0.1", "hydra.job.chdir=true"], ["seed=1"], ["seed=2"]],
+                                  initial_job_idx=5)
+    assert sweep.is_dir()
+    assert asked == [(["seed=0", "lr=0.1", "hydra.job.chdir=true"], 5), (["seed=1"], 6), (["seed=2"], 7)]
+    assert SweepExecutor.submitted["numbers"] == [5, 7]
+    assert [r.return_value for r in returns] == [5.0, {"val/loss": 0.25}, 7.0]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"Submitit 'slurm' sweep output dir : {sweep}", "\t#5 : seed=0 lr=0.1", "\t#6 : seed=1",  # hydra.* left out
+        f"\t#6 already finished in {tmp_path / 'done-6'}; not submitted", "\t#7 : seed=2"]
+    jobs = SweepExecutor.submitted["jobs"]  # one watcher for every job of the sweep: one squeue call per poll
+    assert isinstance(jobs[0].watcher, slurm_launcher.QueueWatcher) and jobs[1].watcher is jobs[0].watcher

@@ -380,9 +380,6 @@ def test_the_line_about_wandb_failing_is_flushed_at_once(monkeypatch):
 
     monkeypatch.setattr(sys, "stderr", Stderr())
     monkeypatch.setattr(loggers, "_said", loggers.threading.Event())
-    loggers._say("W&B's service was gone")
-    assert "".join(w for w in written if w != "flush") == "W&B's service was gone\n" and written[-1] == "flush"
-    written.clear()
     loggers._print_said("W&B stopped logging")
     assert "".join(w for w in written if w != "flush") == "W&B stopped logging\n" and written[-1] == "flush"
 
@@ -543,3 +540,11 @@ def test_a_traceback_through_code_without_a_module_name_is_not_wandbs():
         namespace["fail"]()
     except ValueError as err:
         assert loggers._from_wandb(SimpleNamespace(object=None, exc_traceback=err.__traceback__)) is False
+
+
+def test_the_one_line_about_wandbs_service_is_flushed_at_once(monkeypatch):
+    written = []
+    monkeypatch.setattr(sys, "stderr", SimpleNamespace(write=written.append, flush=lambda: written.append("flush")))
+    monkeypatch.setattr(loggers, "_said", loggers.threading.Event())
+    loggers._say("W&B's service was gone")
+    assert "".join(w for w in written if w != "flush") == "W&B's service was gone\n" and written[-1] == "flush"

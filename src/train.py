@@ -23,7 +23,7 @@ from rppnets.data import DataNotFoundError
 from rppnets.console import hydra_value, program, shell_line, shell_word, silence_known_noise
 from rppnets.records.run_folder import RESULTS, RunFolder
 from rppnets.training.sweep import SweepOutcome, job_dirname  # noqa: F401  (job_dirname: registers its resolver)
-from rppnets.training.pipeline import ConfigError, train
+from rppnets.training.pipeline import ConfigError, launcher_is, train
 
 # Exit statuses: 1 a job failed, 2 bad input (a single run), 128 + signal number when stopped by a signal.
 FAILED, INVALID = 1, 2
@@ -106,7 +106,7 @@ def submitit_job() -> bool:
     """Whether this job runs as its own submitit job (SLURM or local), started by Hydra's submitit launcher."""
     from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 
-    return issubclass(get_class(HydraConfig.get().launcher._target_), BaseSubmititLauncher)
+    return launcher_is(get_class(HydraConfig.get().launcher._target_), BaseSubmititLauncher)
 
 
 def ddp_rank_command(local_rank: int) -> tuple[list[str], str]:

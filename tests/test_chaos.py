@@ -51,6 +51,7 @@ def test_a_full_disk_is_said_last_in_one_piece_and_the_rerun_finishes(chaos, tmp
 
 
 @pytest.mark.slow
+@pytest.mark.long  # 2 minutes; make test's chaos round and test_faults' stopped runs rebuild W&B's history too
 def test_killed_just_after_the_first_checkpoint_the_wandb_history_is_whole(chaos, tmp_path):
     """Killed as its second epoch starts (held there until killed), the run resumes from the first epoch's checkpoint;
     its offline W&B run, set aside and started again, holds the whole history: the rows before the checkpoint

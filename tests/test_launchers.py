@@ -176,3 +176,19 @@ def metric_rows(run: Path) -> tuple[list[dict], dict]:
     rows = list(csv.DictReader((run / "csv" / "metrics.csv").open()))
     run_level = {k: v for row in rows if not row["epoch"] for k, v in row.items() if v and k not in ("step", *MEASURED)}
     return epoch_rows(run / "csv" / "metrics.csv"), run_level
+
+
+def test_a_launcher_is_known_by_its_classes_names_when_hydra_executed_its_module_again():
+    """Hydra's plugin discovery executes hydra_plugins' modules again: the SLURM launcher may then subclass an older
+    BaseSubmititLauncher object than the one imported, and issubclass said no (a SLURM job's stop line printed
+    submitit's own command to rerun, and its cpus_per_task threads were not set)."""
+    from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
+
+    from rppnets.training.pipeline import launcher_is
+
+    older = type(BaseSubmititLauncher.__name__, (), {"__module__": BaseSubmititLauncher.__module__,
+                                                    "__qualname__": BaseSubmititLauncher.__qualname__})
+    launcher = type("SlurmLauncher", (older,), {})
+    assert not issubclass(launcher, BaseSubmititLauncher) and launcher_is(launcher, BaseSubmititLauncher)
+    assert not launcher_is(launcher, JoblibLauncher)

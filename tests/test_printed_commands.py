@@ -94,6 +94,7 @@ def paste(line: str) -> subprocess.Popen:
 
 
 @pytest.mark.slow
+@pytest.mark.long  # 45 s; the other tests here run the other printed commands as printed
 def test_the_stop_lines_commands_run_as_printed(fake_root, tmp_path):
     folder = tmp_path / AWKWARD
     first = [f"hydra.run.dir={hydra_value(folder)}" if arg.startswith("hydra.run.dir=") else arg

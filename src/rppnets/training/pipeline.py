@@ -218,15 +218,22 @@ def configure_threads() -> int | None:
 
     launcher = HydraConfig.get().launcher
     kind = get_class(launcher._target_)
-    if issubclass(kind, JoblibLauncher):
+    if launcher_is(kind, JoblibLauncher):
         grid, _ = sweep_grid(Path(HydraConfig.get().sweep.dir))
         threads = threads_per_job(launcher.get("n_jobs"), math.prod(map(len, grid.values())) if grid else None)
-    elif issubclass(kind, BaseSubmititLauncher) and launcher.get("cpus_per_task"):
+    elif launcher_is(kind, BaseSubmititLauncher) and launcher.get("cpus_per_task"):
         threads = launcher.cpus_per_task
     else:
         return None
     torch.set_num_threads(threads)
     return threads
+
+
+def launcher_is(kind: type, base: type) -> bool:
+    """Whether the launcher class `kind` is a `base`, by name: Hydra's plugin discovery executes the modules under
+    hydra_plugins again (imp's load_module), so a launcher may subclass an earlier class object of the same name than
+    the one imported here, and issubclass says no (a SLURM job then took itself for no submitit job)."""
+    return any((c.__module__, c.__qualname__) == (base.__module__, base.__qualname__) for c in kind.__mro__)
 
 
 def train(cfg: DictConfig) -> dict:

@@ -20,7 +20,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from rppnets.training.checkpointing import Preempted, requeue_slurm_job
 import rppnets.schemas  # noqa: F401  (registers the config schemas before Hydra composes)
 from rppnets.data import DataNotFoundError
-from rppnets.console import hydra_value, program, shell_line, shell_word, silence_known_noise
+from rppnets.console import hydra_value, program, shell_line, shell_word, shown_path, silence_known_noise
 from rppnets.records.run_folder import RESULTS, RunFolder
 from rppnets.training.sweep import SweepOutcome, job_dirname  # noqa: F401  (job_dirname: registers its resolver)
 from rppnets.training.pipeline import ConfigError, launcher_is, train
@@ -84,11 +84,12 @@ def caused_by(err: BaseException, kind: type) -> bool:
 
 def stop_line(signum: int, folder: Path, multirun: bool, requeued: bool = False) -> str:
     """The one line a stopped run prints: which signal, the checkpoint it resumes from (or that none was written yet:
-    it starts afresh), and the command that goes on with it, which a shell and then Hydra read back as printed."""
+    it starts afresh), and the command that goes on with it, which a shell and then Hydra read back as printed
+    (paths relative to the working directory where they lie inside it: pasted where the run was started)."""
     run = RunFolder(folder)
     checkpoint = next((path for path in (run.checkpoint_path, run.previous_checkpoint_path) if path.is_file()), None)
     stopped = f"stopped by {signal.Signals(signum).name}; " + (
-        f"checkpoint {shell_word(checkpoint)}; " if checkpoint else "no checkpoint yet, so it starts afresh; ")
+        f"checkpoint {shell_word(shown_path(checkpoint))}; " if checkpoint else "no checkpoint yet, so it starts afresh; ")
     if requeued:
         return stopped + "SLURM requeued the job: it goes on when it starts again"
     again = "resume: " if checkpoint else "run again: "
@@ -98,7 +99,7 @@ def stop_line(signum: int, folder: Path, multirun: bool, requeued: bool = False)
         command = shell_line([program(), *sys.argv])
     else:
         overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("hydra.run.dir=")]
-        command = shell_line([program(), sys.argv[0], *overrides, f"hydra.run.dir={hydra_value(folder)}"])
+        command = shell_line([program(), sys.argv[0], *overrides, f"hydra.run.dir={hydra_value(shown_path(folder))}"])
     return stopped + again + command
 
 

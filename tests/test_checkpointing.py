@@ -162,19 +162,26 @@ def test_read_checkpoint_names_the_file_and_what_is_wrong(tmp_path, monkeypatch)
     assert err.value.__cause__ is None and err.value.__suppress_context__
 
 
-def test_read_checkpoint_loads_on_the_cpu_with_plain_values_only(tmp_path, monkeypatch):
-    seen = {}
+@pytest.fixture()
+def loads(tmp_path, monkeypatch):
+    """A saved checkpoint's path, and the keyword arguments of each torch.load call from then on (it still loads)."""
+    seen = []
     real = torch.load
 
-    def load(path, **kwargs):
-        seen.update(kwargs)
-        return real(path, **kwargs)
+    def load(file, **kwargs):
+        seen.append(kwargs)
+        return real(file, **kwargs)
 
     path = tmp_path / "last.ckpt"
     torch.save(lightning_checkpoint(), path)
     monkeypatch.setattr(torch, "load", load)
+    return path, seen
+
+
+def test_read_checkpoint_loads_on_the_cpu_with_plain_values_only(loads):
+    path, seen = loads
     read_checkpoint(path)
-    assert seen == {"map_location": "cpu", "weights_only": True}
+    assert seen == [{"map_location": "cpu", "weights_only": True}]
 
 
 def test_progress_says_epochs_done_step_and_whether_saved_mid_epoch():
@@ -331,17 +338,8 @@ def test_loading_refuses_objects_even_where_the_environment_turns_torchs_default
         AtomicCheckpointIO().load_checkpoint(path)
 
 
-def test_the_writer_loads_on_the_cpu_unless_told_otherwise(tmp_path, monkeypatch):
-    seen = []
-    real = torch.load
-
-    def load(file, **kwargs):
-        seen.append(kwargs)
-        return real(file, **kwargs)
-
-    path = tmp_path / "last.ckpt"
-    torch.save(lightning_checkpoint(), path)
-    monkeypatch.setattr(torch, "load", load)
+def test_the_writer_loads_on_the_cpu_unless_told_otherwise(loads):
+    path, seen = loads
     AtomicCheckpointIO().load_checkpoint(path)
 
     def elsewhere(storage, location):

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from chaos import command, environment
 from helpers import compose_train, descendants
-from rppnets.console import file_named, hydra_value, shell_line
+from rppnets.console import file_named, hydra_value, program, shell_line
 from rppnets.data import DataNotReadableError, read_idx
 from rppnets.training.pipeline import print_summary, train
 
@@ -181,6 +181,42 @@ def test_each_summary_line_fits_the_width_and_each_command_pastes(tmp_path, caps
         if folder.name != AWKWARD:
             assert all(len(line.replace(str(tmp_path), CHECKOUT)) <= SUMMARY_WIDTH for line in summary.splitlines())
             assert all(f"{key} " in summary for key in metrics if key != "time/wall_s")
+
+
+def test_a_stop_line_names_a_job_below_the_working_directory_as_typed_there(tmp_path, monkeypatch):
+    """A checkout's own outputs/ is named from the checkout (where the run was started and its line is pasted): the
+    line stays short, and the pasted command resumes that very folder; a folder elsewhere keeps its whole path."""
+    import importlib.util
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    from helpers import CONF_DIR
+
+    spec = importlib.util.spec_from_file_location("train_script", ROOT / "src" / "train.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    checkout, elsewhere = tmp_path / CHECKOUT.lstrip("/"), tmp_path / "scratch" / "run"
+    for folder in (checkout / JOB_FOLDER, elsewhere):
+        (folder / "checkpoints").mkdir(parents=True)
+        (folder / "checkpoints" / "last.ckpt").touch()
+    monkeypatch.chdir(checkout)
+    monkeypatch.setattr(sys, "argv", ["src/train.py", "seed=3"])  # as the user started it, from the checkout
+    saved = HydraConfig.instance().cfg
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            HydraConfig.instance().set_config(compose("train", overrides=["seed=3"], return_hydra_config=True))
+        line = script.stop_line(signal.SIGTERM, checkout / JOB_FOLDER, multirun=False)
+        away = script.stop_line(signal.SIGTERM, elsewhere, multirun=False)
+    finally:
+        HydraConfig.instance().cfg = saved
+    stopped = re.fullmatch(r"stopped by SIGTERM; checkpoint (.+?); resume: (.+)", line)
+    assert stopped and words(stopped[1]) == [f"{JOB_FOLDER}/checkpoints/last.ckpt"], line
+    *_, seed, run_dir = words(stopped[2])
+    assert seed == "seed=3" and OverridesParser.create().parse_override(run_dir).value() == JOB_FOLDER, line
+    assert len(line.replace(program(), "python")) <= 2 * SUMMARY_WIDTH, line
+    assert words(re.fullmatch(r"stopped by SIGTERM; checkpoint (.+?); resume: .+", away)[1]) == [
+        str(elsewhere / "checkpoints" / "last.ckpt")], away
 
 
 UNREADABLE = """

@@ -158,6 +158,13 @@ def program(name: str | None = None) -> str:
     return short if shutil.which(short) == path else path
 
 
+def shown_path(path: str | Path) -> Path:
+    """`path` as typed where this process runs: relative to the working directory when it lies inside it (a job's
+    folder under ``outputs/``), whole otherwise, so that a printed line stays short and still pastes here."""
+    path = Path(os.path.abspath(path))
+    return path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
+
+
 def file_named(path: str | Path) -> str:
     """`path` for a printed line, quoted as a shell word, and said to be missing where nothing is there."""
     return shell_word(path) + ("" if os.path.lexists(path) else " (missing)")

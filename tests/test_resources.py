@@ -191,6 +191,49 @@ def test_the_refusal_estimates_with_the_data_sets_sizes(monkeypatch):
     assert memory_refusal(small | {"num_classes": 3000}, 64) is not None
 
 
+@pytest.mark.parametrize("model", [
+    {"kind": "dense", "depth": 2, "width": 50, "in_features": 20000, "num_classes": 2},  # far from MNIST's sizes
+    {"kind": "hashed", "depth": 2, "width": 1, "k": 3},  # the first batch past half is small: a sample is a big step
+])
+def test_the_batch_is_named_exactly_when_more_than_half_the_estimate_grows_with_it(monkeypatch, two_threads, model):
+    """The knob a refusal names: data.batch_size from the first batch size at which the part of the estimate above
+    one sample's (estimated with the data set's sizes) passes half of it, and not one batch size before."""
+    monkeypatch.setattr(resources, "available_memory_bytes", lambda: 0)
+    shape = {name: model[name] for name in ("in_features", "num_classes") if name in model}
+
+    def needed(batch):
+        return estimate_training_bytes(model, batch, **shape)
+
+    first = next(b for b in range(2, 10**6) if needed(b) - needed(1) > needed(b) / 2)
+    assert first > 3 and needed(first - 1) - needed(1) > needed(first - 1) / 3
+    assert "lower data.batch_size (now" in memory_refusal(model, first)
+    assert memory_refusal(model, first - 1).endswith(("; lower model.width", "; lower model.k / model.width"))
+
+
+def test_a_key_left_out_of_a_model_config_is_estimated_as_the_mlp_builds_it(two_threads):
+    """Each key the estimate reads, left out, is the MLP's own default (rppnets.models.MLP), not a guess of its own."""
+    import inspect
+
+    from rppnets.models import MLP
+
+    defaults = {name: p.default for name, p in inspect.signature(MLP).parameters.items()}
+    model = {"kind": "rpp", "depth": 3, "width": 20, "bias": "none", "k": 5, "permutation": "generated", "signs": True}
+    for key in model:
+        assert defaults[key] != model[key], key
+        without = {name: value for name, value in model.items() if name != key}
+        assert estimate_training_bytes(without, 64) == estimate_training_bytes(without | {key: defaults[key]}, 64), key
+    stored = model | {"permutation": "stored"}  # signs count where the keys are kept: stored P
+    assert estimate_training_bytes(stored, 64) != estimate_training_bytes(stored | {"signs": False}, 64)
+    assert estimate_training_bytes({}, 64) == estimate_training_bytes({"kind": "dense", "width": 1000, "depth": 2}, 64)
+
+
+def test_a_dense_layer_is_as_wide_as_its_width_whatever_k_says(two_threads):
+    dense = {"kind": "dense", "depth": 2, "width": 30}
+    assert estimate_training_bytes(dense | {"k": 7}, 64) == estimate_training_bytes(dense | {"k": 1}, 64)
+    assert estimate_training_bytes({**dense, "kind": "rpp", "k": 7}, 64) > estimate_training_bytes(
+        {**dense, "kind": "rpp", "k": 1}, 64)
+
+
 # --- threads ------------------------------------------------------------------------------------------------------
 
 

@@ -19,33 +19,43 @@ def index_itemsize(m: int) -> int:
 def index_build_bytes(m: int, columns: int) -> int:
     """Peak bytes of building a stored index over m rows and `columns` columns (rppnets.layers.permutation.build_index),
     the finished index included: the Feistel network runs on the whole domain 0..D-1, D = 2**ceil(log2 m), in two
-    int32 buffers (D, columns); cycle walking adds, for the d = D - m rows past m, its `then` and `source` (int32), a
-    target index (int32, then int64), and for the cycles still walking (about d*(d/D)*(m/D) entries per column)
-    their position, column and target (int64) and value (int32). Measured within 2% over m = 784 to 24,000."""
+    int32 buffers (D, columns); cycle walking then holds one of them and, for the d = D - m rows past m, four int32 per
+    entry, and for the cycles still walking (about d*(d/D)*(m/D) entries per column) their position, column and target
+    (int64) and value (int32). (Its first step, three int32 and an int64 per row past m, never peaks above both:
+    20d > 16d + 28d*d*m/D**2 needs m > 0.83 D, where 20d > 4D does not hold.) Measured within 2% over m = 784 to
+    24,000."""
     domain = 1 << max(1, (m - 1).bit_length())
     d = domain - m
-    per_column = max(2 * domain * FEISTEL_PASS,
-                     domain * FEISTEL_PASS + d * (3 * FEISTEL_PASS + 8),
-                     domain * FEISTEL_PASS + d * 4 * FEISTEL_PASS + d * d * m * 28 // domain**2)
+    per_column = max(2 * domain * FEISTEL_PASS, domain * FEISTEL_PASS + d * 4 * FEISTEL_PASS + d * d * m * 28 // domain**2)
     return per_column * columns
+
+
+def model_settings(model: dict) -> dict:
+    """The MLP's (rppnets.models.MLP) arguments for a model config: the config's values over the MLP's own defaults,
+    so that a key left out is estimated as the model is built."""
+    import inspect
+
+    from rppnets.models import MLP
+
+    defaults = {name: parameter.default for name, parameter in inspect.signature(MLP).parameters.items()}
+    return defaults | {key: value for key, value in model.items() if key in defaults}
 
 
 def _hidden_layers(model: dict, in_features: int) -> list[tuple[int, int, list[int]]]:
     """(fan_in, fan_out, parameter tensor sizes) of each hidden layer of an MLP config (rppnets.models.MLP)."""
     from rppnets.models import lowrank_rank
 
-    kind, depth, width = model.get("kind", "dense"), model.get("depth", 2), model.get("width", 1)
-    bias = {True: "full", False: "none"}.get(model.get("bias", "full"), model.get("bias", "full"))
-    wide = width if kind == "dense" else width * model.get("k", 1)
+    settings = model_settings(model)
+    kind, width = settings["kind"], settings["width"]
+    bias = {True: "full", False: "none"}.get(settings["bias"], settings["bias"])
+    wide = width if kind == "dense" else width * settings["k"]
     layers, fan_in = [], in_features
-    for _ in range(depth):
+    for _ in range(settings["depth"]):
         biases = {"full": wide, "reuse": width, "none": 0}[bias]
-        if kind == "dense":
-            tensors = [fan_in * wide, biases]
-        elif kind == "lowrank":
+        if kind == "lowrank":
             rank = lowrank_rank(fan_in, wide, fan_in * width)
             tensors = [fan_in * rank, rank * wide, biases]
-        else:  # rpp, hashed: the RPP layer's budget, fan_in * width trained weights
+        else:  # dense: fan_in * width; rpp, hashed: the RPP layer's budget, fan_in * width trained weights
             tensors = [fan_in * width, biases]
         layers.append((fan_in, wide, [size for size in tensors if size]))
         fan_in = wide
@@ -71,7 +81,8 @@ def estimate_training_bytes(model: dict, batch_size: int, in_features: int = 784
 
     from rppnets.layers.backends import FUSED_BLOCK
 
-    kind, permutation = model.get("kind", "dense"), model.get("permutation", "stored")
+    settings = model_settings(model)
+    kind, permutation = settings["kind"], settings["permutation"]
     threads = torch.get_num_threads()
     layers = _hidden_layers(model, in_features)
     fan_in = layers[-1][1] if layers else in_features
@@ -82,11 +93,11 @@ def estimate_training_bytes(model: dict, batch_size: int, in_features: int = 784
     generated = rpp and permutation == "generated"
     fused = rpp and permutation != "identity"
 
-    kept, build, built, shapes = 0, params * FLOAT, 0, set()
+    kept, build, built, shapes = 0, 0, 0, set()  # build: the peak of building an index, if any
     for m, wide, _ in layers:
         if generated:
             kept += 2 * 8 * wide * 4  # the round keys, int32 (2, rounds, k*n)
-        if rpp and model.get("signs") and not generated:
+        if rpp and settings["signs"] and not generated:
             kept += wide * 4  # sign keys, int32 per column
         if not indexed or (permutation == "shared" and m in shapes):
             continue
@@ -102,7 +113,7 @@ def estimate_training_bytes(model: dict, batch_size: int, in_features: int = 784
         grad_inputs = threads if fused else 1
         layer = batch_size * (saved + wide + grad_inputs * m) * FLOAT
         if fused:
-            layer += threads * (FUSED_BLOCK * (3 if generated else 2) * m + m * model.get("width", 1)) * FLOAT
+            layer += threads * (FUSED_BLOCK * (3 if generated else 2) * m + m * settings["width"]) * FLOAT
         if kind == "hashed":
             layer += HASH_ENTRY * m * wide
         peak = max(peak, layer)

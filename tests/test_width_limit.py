@@ -188,6 +188,7 @@ def test_the_summary_table_has_a_line_per_method_and_one_per_point():
     assert lines[6:10] == ["", "Every point (state and peak in MiB, measured = max(construction peak, state + step "
                            "peak)):", "", "| method | width | status | state | step peak | construction peak | "
                            "measured | estimate | estimate / measured | s/step | CPU s/step | load | available |"]
+    assert lines[10] == "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     points = lines[11:]
     assert [line.split(" | ")[:3] for line in points] == [
         ["| dense", "1,000", "ok"], ["| dense", "1,410", "ok"], ["| dense", "2,000", "refused"],
@@ -206,6 +207,7 @@ def test_a_points_measured_peak_is_the_larger_of_building_and_training():
     assert measured_bytes({"state_bytes": "10", "step_peak_bytes": "5", "build_peak_bytes": ""}) == 15
     assert measured_bytes({"state_bytes": "10", "step_peak_bytes": "5"}) == 15
     for missing in ({"state_bytes": "10"}, {"state_bytes": "10", "step_peak_bytes": ""},
+                    {"step_peak_bytes": "5", "state_bytes": ""},
                     {"step_peak_bytes": "5", "state_bytes": None}, {"step_peak_bytes": "5"}):
         assert measured_bytes(missing) is None
 
@@ -215,6 +217,7 @@ def test_the_midpoint_is_halfway_on_a_log_scale_in_steps_of_the_rpp_width():
     assert width_limit.midpoint(1000, 4000) == 2000
     assert width_limit.midpoint(1000, 1010) is None and width_limit.midpoint(1000, 1020) == 1010
     assert width_limit.midpoint(1001, 1009) is None  # sqrt 1,005.0 rounds to 1,000, not between them
+    assert width_limit.midpoint(995, 1000) is None  # sqrt 997.5 rounds to 1,000: the upper width, measured already
 
 
 def test_rows_are_appended_with_the_header_once_and_read_back(tmp_path):
@@ -228,6 +231,25 @@ def test_rows_are_appended_with_the_header_once_and_read_back(tmp_path):
     assert [(row["method"], row["width"], row["status"], row["note"]) for row in rows] == [
         ("dense", "1000", "ok", ""), ("hashed", "2000", "", "a, b")]
     assert list(rows[0]) == width_limit.COLUMNS
+
+
+def test_the_widest_of_several_is_the_last_and_its_construction_peak_is_shown():
+    rows = [grid_row("rpp_stored", width, "ok", state_bytes=2**20, step_peak_bytes=2**20, build_peak_bytes=width * 2**10,
+                     measured_bytes=2**21, estimate_bytes=2**21, step_s=0.25, step_cpu_s="")
+            for width in (1000, 2000, 4000)]
+    assert width_limit.limits(rows)["rpp_stored"]["widest"] is rows[2]
+    lines = width_limit.summary_markdown(rows).splitlines()
+    assert lines[2] == ("| rpp_stored | 4,000 | 1.0 MiB | 1.0 MiB | 3.9 MiB | 2.0 MiB | 2.0 MiB | 0.25 | "
+                        "none within the grid |")
+    rows[0]["step_s"] = ""  # not timed: blank, as the CPU time of every row here
+    assert width_limit.summary_markdown(rows).splitlines()[-3] == (
+        "| rpp_stored | 1,000 | ok | 1.0 | 1.0 | 1.0 | 2.0 | 2.0 |  |  |  |  |  |")
+
+
+def test_rows_are_appended_into_folders_not_made_yet_and_keep_line_breaks_in_their_text(tmp_path):
+    path = tmp_path / "grid" / "machine" / "width_limit.csv"
+    width_limit.append_row(path, {"method": "dense", "width": 1000, "note": "first line\r\nsecond, quoted"})
+    assert [row["note"] for row in width_limit.read_rows(path)] == ["first line\r\nsecond, quoted"]
 
 
 def test_the_grids_widths_and_model_configs():

@@ -198,3 +198,30 @@ def test_a_jobs_folder_gives_its_state_reason_group_and_metrics_file(tmp_path):
     (tmp_path / "killed" / "checkpoints").mkdir()
     (tmp_path / "killed" / "checkpoints" / "last.ckpt").write_bytes(b"")
     assert read_job(tmp_path / "killed").describe() == "unfinished (last.ckpt kept)"
+
+
+def test_load_jobs_gives_the_finished_jobs_and_names_a_sweep_with_none(sweep, tmp_path):
+    from rppnets.analysis.report_data import NoFinishedJobs, load_jobs
+
+    jobs = load_jobs(sweep)
+    assert sorted((job.network, job.seed) for job in jobs) == sorted(
+        (network, seed) for network, seeds in LOSSES.items() for seed in seeds)
+    assert all(job.finished for job in jobs)
+    stopped = tmp_path / "stopped" / "rpp-s0"
+    stopped.mkdir(parents=True)
+    (stopped / "results.json").write_text(json.dumps({"status": "stopped", "network": "rpp", "seed": 0}))
+    with pytest.raises(NoFinishedJobs, match=f"^no job of {tmp_path / 'stopped'} finished$"):
+        load_jobs(tmp_path / "stopped")
+
+
+def test_the_title_names_every_data_set_epoch_count_and_size_of_the_finished_jobs_only():
+    from rppnets.analysis.report_data import data_name, run_settings
+
+    def job(state="finished", **settings):
+        return Job("rpp", 0, state=state, settings=settings)
+
+    jobs = [job(data="MNIST", max_epochs=5, train_size=5000), job(data="Fashion-MNIST", max_epochs=2, train_size=500),
+            job(state="unfinished", data="KMNIST", max_epochs=3, train_size=50)]
+    assert data_name(jobs) == "Fashion-MNIST / MNIST"
+    assert run_settings(jobs) == "2/5 epochs, 500/5,000 training images"
+    assert run_settings([job(state="failed", max_epochs=3)]) is None

@@ -116,9 +116,10 @@ tuned-frontier: setup data  ## the frontier at each method's best learning rate:
 			hydra.sweep.dir=$(TUNED)/final/$$net-k$$k $(if $(LAUNCHER),hydra/launcher=$(LAUNCHER)) || s=1; done; done; \
 	$(PY) -m rppnets.analysis.frontier_report $(TUNED)/final && exit $$s
 
-bench: setup data  ## pipeline and RPP-layer benchmarks (ratios measured side by side)
+bench: setup data  ## pipeline and RPP-layer benchmarks, the step against its three products (ratios side by side)
 	$(PY) benchmarks/pipeline_overhead.py
 	$(PY) benchmarks/rpp_layer.py
+	$(PY) benchmarks/matmul_floor.py
 
 # The widest MLP each method trains here: state, step peak and step time measured at widths doubling from 1,000,
 # each point in its own process, until the memory check refuses a width or a step takes over the time budget.

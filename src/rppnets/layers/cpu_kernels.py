@@ -1,7 +1,7 @@
 """The C++ CPU kernels of RPP layers (csrc/cpu_kernels.cpp), built once per source and environment, and loaded once.
 
-The kernels: P generated from the round keys (each column's Feistel domain in a small vectorised
-table, then cycle walking), W_p gathered and dW folded reading P as stored (uint8, int16 or int32),
+The kernels: P generated from the round keys (each column's Feistel domain in a small table, its rounds in
+16-bit vector lanes, then cycle walking), W_p gathered and dW folded reading P as stored (uint8, int16 or int32),
 and the fused step that never holds the whole W_p. P, W_p and dW are exactly those of the eager
 reference in rppnets.layers.backends; so is the fused step, whose sums the eager CPU backward makes in the same
 blocks and runs (the runs fixed by the sizes, not the thread count: the same bits on any number of threads). The

@@ -1,7 +1,8 @@
 // The CPU kernels of RPP layers (loaded by rppnets.cpu_kernels).
-// P of a generated layer, one column at a time: the Feistel network over the whole domain 0..2^t-1
-// into a small table (a vectorised pass per round), then cycle walking through that table; the same
-// bijection as rppnets.permutation.permuted_rows, bit for bit. For every mode, W_p gathered from W and
+// P of a generated layer, a group of columns at a time: the Feistel network over each column's whole domain
+// 0..2^t-1 into a small table (all rounds in vector registers, 16-bit lanes up to t = 16), then cycle walking through
+// that table, and the group's rows written row by row; the same bijection as rppnets.permutation.permuted_rows, bit
+// for bit. For every mode, W_p gathered from W and
 // dW folded from dW_p, reading P's rows as stored (uint8, int16 or int32); and the fused step, which
 // makes W_p one block of columns at a time where its products use it. Each takes signed RPP's sign keys
 // (one int32 per column) or None: then every entry of W_p, and every term of dW's fold, has its sign.
@@ -13,6 +14,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstring>
 #include <optional>
 #include <tuple>
 #include <type_traits>
@@ -29,8 +31,8 @@ static inline float sign_of(uint32_t i, uint32_t key) {
   return 1.0f - 2.0f * float(x >> 31);
 }
 
-// The signs of row i in `count` columns (sign keys given), and of rows 0..m-1 in one column. The loops have no
-// branch and no gather, so they vectorise (an AVX2 clone on x86, as feistel_round): filled once per row or column
+// The signs of row i in `count` columns (sign keys given). The loop has no
+// branch and no gather, so it vectorises (an AVX2 clone on x86, as feistel_round): filled once per row or column
 // and then multiplied in, they cost the fused step 0 to 5% (experiments/rpp_layer_benchmark), where a hash per entry
 // inside the gathering loops, which do not vectorise, added a fifth, and a branch on the sign, mispredicted every
 // other entry, three quarters.
@@ -39,13 +41,6 @@ __attribute__((target_clones("avx2", "default")))
 #endif
 static void row_signs(const int32_t* sign_keys, int64_t i, int64_t count, float* out) {
   for (int64_t c = 0; c < count; ++c) out[c] = sign_of(uint32_t(i), uint32_t(sign_keys[c]));
-}
-
-#if defined(__x86_64__) && defined(__GNUC__)
-__attribute__((target_clones("avx2", "default")))
-#endif
-static void column_signs(int32_t key, int64_t m, float* out) {
-  for (int64_t i = 0; i < m; ++i) out[i] = sign_of(uint32_t(i), uint32_t(key));
 }
 
 // value times its sign where SIGNED (known at compile time: the unsigned loops are those without signs); a
@@ -74,7 +69,7 @@ static void with_signs(const int32_t* sign_keys, const F& f) {
 
 // One round over the table p[0..size): even rounds high ^= F(low), odd rounds low ^= F(high), where
 // F(v) = the top `width` of the 16 bits of v * mul + add. The loop is branch-free, so it vectorises;
-// on x86 a clone for AVX2 (8 lanes with a 32-bit multiply) is picked at run time.
+// on x86 a clone for AVX2 (8 lanes with a 32-bit multiply) is picked at run time. For domains over 16 bits.
 #if defined(__x86_64__) && defined(__GNUC__)
 __attribute__((target_clones("avx2", "default")))
 #endif
@@ -89,38 +84,135 @@ static void feistel_round(int32_t* p, int32_t size, bool even, int a, int b, int
   }
 }
 
+// The same rounds for a domain of at most 16 bits (m <= 65536: every layer of the figure), in 16-bit lanes: 16 to an
+// AVX2 vector, twice feistel_round's, written as GCC/Clang vector types since the compiler widens scalar 16-bit
+// shifts to 32 bits (3.5 times slower than these here). Four vectors of the table at a time go through all the rounds
+// in registers. F needs no more than 16 bits: it keeps bits of the low 16 of v * mul + add only, which 16-bit
+// arithmetic gives exactly; and with t <= 16 the kept bits only move right, onto the other half.
+typedef uint16_t Lanes16 __attribute__((vector_size(32)));
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target_clones("avx2", "default")))
+#endif
+static void feistel_rounds16(uint16_t* p, int32_t size, int a, int b, int64_t steps, const uint8_t* even,
+                             const uint16_t* adds, const uint16_t* muls) {
+  const uint16_t low_mask = uint16_t((1u << b) - 1);
+  const uint16_t keep_even = uint16_t(((1u << a) - 1) << (16 - a)), keep_odd = uint16_t(((1u << b) - 1) << (16 - b));
+  const int right_even = 16 - a - b, right_odd = 16 - b;
+  constexpr int32_t L = sizeof(Lanes16) / sizeof(uint16_t), U = 4;
+  if (size < L) {  // t < 4: entry by entry
+    for (int32_t y = 0; y < size; ++y) {
+      uint32_t v = uint32_t(y);
+      for (int64_t s = 0; s < steps; ++s)
+        v ^= even[s] ? ((((v & low_mask) * muls[s] + adds[s]) & keep_even) >> right_even)
+                     : ((((v >> b) * muls[s] + adds[s]) & keep_odd) >> right_odd);
+      p[y] = uint16_t(v);
+    }
+    return;
+  }
+  Lanes16 iota;
+  for (int32_t l = 0; l < L; ++l) iota[l] = uint16_t(l);
+  for (int32_t base = 0; base < size; base += U * L) {
+    Lanes16 v[U];
+    for (int32_t u = 0; u < U; ++u) v[u] = iota + uint16_t(base + u * L);
+    for (int64_t s = 0; s < steps; ++s) {
+      const uint16_t mul = muls[s], add = adds[s];
+      if (even[s])
+        for (int32_t u = 0; u < U; ++u) v[u] ^= (((v[u] & low_mask) * mul + add) & keep_even) >> right_even;
+      else
+        for (int32_t u = 0; u < U; ++u) v[u] ^= (((v[u] >> b) * mul + add) & keep_odd) >> right_odd;
+    }
+    for (int32_t u = 0; u < U && base + u * L < size; ++u) std::memcpy(p + base + u * L, &v[u], sizeof(Lanes16));
+  }
+}
+
 // Cycle walking from row i < m: the cycle through i comes back below m.
-static inline int32_t walk(const int32_t* p, int64_t i, int32_t m) {
+template <typename T>
+static inline int32_t walk(const T* p, int64_t i, int32_t m) {
   int32_t y = p[i];
   while (y >= m) y = p[y];
   return y;
 }
 
-// Calls emit(c, table) for every column c in [begin, end) of the keys (2, rounds, columns), in parallel over
-// columns; table[i] for i < m, cycle-walked, is P_c(i) (or its inverse).
-template <typename Emit>
-static void for_each_column(const torch::Tensor& keys, int64_t m, bool inverse, int64_t begin, int64_t end,
-                            const Emit& emit) {
+// The Feistel table of one column over the whole domain (its `size` = 2^t entries), rounds in the order given by
+// `inverse` (each round is its own inverse, so the inverse runs them backwards): table[y] for y < m, cycle-walked,
+// is P_c(y), or its inverse.
+static void column_table(const int32_t* k1, const int32_t* k2, int64_t rounds, int64_t columns, int64_t c, int t,
+                         bool inverse, uint16_t* table) {
+  uint16_t adds[64], muls[64];
+  uint8_t even[64];
+  for (int64_t step = 0; step < rounds; ++step) {
+    const int64_t r = inverse ? rounds - 1 - step : step;
+    even[step] = r % 2 == 0, adds[step] = uint16_t(k1[r * columns + c]), muls[step] = uint16_t(k2[r * columns + c]);
+  }
+  feistel_rounds16(table, int32_t(1) << t, (t + 1) / 2, t / 2, rounds, even, adds, muls);
+}
+
+static void column_table(const int32_t* k1, const int32_t* k2, int64_t rounds, int64_t columns, int64_t c, int t,
+                         bool inverse, int32_t* table) {
+  for (int32_t y = 0; y < (int32_t(1) << t); ++y) table[y] = y;
+  for (int64_t step = 0; step < rounds; ++step) {
+    const int64_t r = inverse ? rounds - 1 - step : step;
+    feistel_round(table, int32_t(1) << t, r % 2 == 0, (t + 1) / 2, t / 2, k1[r * columns + c], k2[r * columns + c]);
+  }
+}
+
+// Generated P's rows of the columns [c0, c1) of the keys (2, rounds, columns), or of its inverse:
+// rows[i * stride + c - c0] = P_c(i) for i < m. A group of columns at a time, in parallel over groups (serially
+// where called inside a parallel region): each column's table (uint16 where the domain fits 16 bits, at most 64
+// columns and 256 KB of tables), its entries below m cycle-walked in place (a walk from i reads table[i] and entries
+// at m and above only, so the order is free), then the group's rows written row by row, contiguously.
+static void generated_rows(const torch::Tensor& keys, int64_t m, bool inverse, int64_t c0, int64_t c1, int32_t* rows,
+                           int64_t stride) {
   TORCH_CHECK(keys.device().is_cpu() && keys.scalar_type() == torch::kInt32 && keys.dim() == 3 &&
                   keys.size(0) == 2 && keys.is_contiguous(),
               "keys: expected a contiguous CPU int32 tensor (2, rounds, columns)");
   TORCH_CHECK(m >= 1 && m <= (int64_t(1) << 30), "m must be in 1..2^30, got ", m);
+  TORCH_CHECK(keys.size(1) <= 64, "keys: at most 64 rounds, got ", keys.size(1));
   const int64_t rounds = keys.size(1), columns = keys.size(2);
   const int t = m > 1 ? 64 - __builtin_clzll(uint64_t(m - 1)) : 1;  // bits of the domain
-  const int a = (t + 1) / 2, b = t / 2;                               // high and low halves
-  const int32_t size = int32_t(1) << t;
+  const int64_t size = int64_t(1) << t;
   const int32_t* k1 = keys.data_ptr<int32_t>();  // keys[0]: addends, (rounds, columns)
   const int32_t* k2 = k1 + rounds * columns;     // keys[1]: odd multipliers
-  at::parallel_for(begin, end, 16, [&](int64_t first, int64_t last) {
-    std::vector<int32_t> table(size);
-    int32_t* p = table.data();
-    for (int64_t c = first; c < last; ++c) {
-      for (int32_t y = 0; y < size; ++y) p[y] = y;
-      for (int64_t step = 0; step < rounds; ++step) {
-        const int64_t r = inverse ? rounds - 1 - step : step;  // each round is its own inverse
-        feistel_round(p, size, r % 2 == 0, a, b, k1[r * columns + c], k2[r * columns + c]);
+  auto run = [&](auto zero) {
+    using T = decltype(zero);
+    // the tables a cache line apart beyond their power-of-two size: at a stride of 2^t bytes, the same few sets of
+    // L1 would hold every table's entry i, which the rows below read together (4 times slower at m = 1,000)
+    const int64_t pitch = size + 64 / int64_t(sizeof(T));
+    const int64_t group = std::clamp<int64_t>((int64_t(1) << 18) / int64_t(sizeof(T) * pitch), 1, 64);
+    at::parallel_for(c0, c1, group, [&](int64_t first, int64_t last) {
+      std::vector<T> tables(std::min(group, last - first) * pitch);
+      for (int64_t g0 = first; g0 < last; g0 += group) {
+        const int64_t count = std::min(group, last - g0);
+        for (int64_t g = 0; g < count; ++g) {
+          T* table = tables.data() + g * pitch;
+          column_table(k1, k2, rounds, columns, g0 + g, t, inverse, table);
+          for (int64_t i = 0; i < m; ++i)
+            if (table[i] >= m) table[i] = T(walk(table, i, int32_t(m)));
+        }
+        for (int64_t i = 0; i < m; ++i) {
+          int32_t* out = rows + i * stride + g0 - c0;
+          for (int64_t g = 0; g < count; ++g) out[g] = tables[g * pitch + i];
+        }
       }
-      emit(c, p);
+    });
+  };
+  if (t <= 16) run(uint16_t(0));
+  else run(int32_t(0));
+}
+
+// block[i * block_stride + c] = s W[index[i * stride + c], (c0 + c) % n] for i < m, c < width: W_p's columns
+// [c0, c0 + width) gathered from W (m, n) through their rows of P, in parallel over rows (serially inside a run).
+template <bool SIGNED, typename scalar_t, typename index_t>
+static void gather_block(const index_t* index, int64_t stride, const scalar_t* w, int64_t m, int64_t n, int64_t c0,
+                         int64_t width, const int32_t* sign_keys, scalar_t* block, int64_t block_stride) {
+  at::parallel_for(0, m, 64, [&](int64_t begin, int64_t end) {
+    std::vector<float> signs(SIGNED ? width : 0);
+    for (int64_t i = begin; i < end; ++i) {
+      if constexpr (SIGNED) row_signs(sign_keys + c0, i, width, signs.data());
+      const index_t* from = index + i * stride;
+      scalar_t* to = block + i * block_stride;
+      for (int64_t c = 0, j = c0 % n; c < width; ++c, j = j + 1 == n ? 0 : j + 1)
+        to[c] = with_sign<SIGNED>(w[int64_t(from[c]) * n + j], signs.data(), c);
     }
   });
 }
@@ -129,12 +221,12 @@ static void for_each_column(const torch::Tensor& keys, int64_t m, bool inverse, 
 torch::Tensor feistel_rows(const torch::Tensor& keys, int64_t m, bool inverse) {
   const int64_t columns = keys.size(2);
   auto out = torch::empty({m, columns}, keys.options());
-  int32_t* o = out.data_ptr<int32_t>();
-  for_each_column(keys, m, inverse, 0, columns, [&](int64_t c, const int32_t* p) {
-    for (int64_t i = 0; i < m; ++i) o[i * columns + c] = walk(p, i, int32_t(m));
-  });
+  generated_rows(keys, m, inverse, 0, columns, out.data_ptr<int32_t>(), columns);
   return out;
 }
+
+// Columns of W_p made at a time where P is generated: its rows for them in a scratch of m * GENERATED_BLOCK int32.
+constexpr int64_t GENERATED_BLOCK = 64;
 
 // W_p (m, columns) from the hidden weight W (m, n): W_p[i, c] = s W[P_c(i), c % n], without an index in memory.
 torch::Tensor permuted_weight(const torch::Tensor& keys, const torch::Tensor& weight,
@@ -149,12 +241,14 @@ torch::Tensor permuted_weight(const torch::Tensor& keys, const torch::Tensor& we
     scalar_t* o = out.data_ptr<scalar_t>();
     with_signs(sign_keys, [&](auto is_signed) {
       constexpr bool SIGNED = decltype(is_signed)::value;
-      for_each_column(keys, m, false, 0, columns, [&](int64_t c, const int32_t* p) {
-        thread_local std::vector<float> signs;
-        if constexpr (SIGNED) signs.resize(m), column_signs(sign_keys[c], m, signs.data());
-        const scalar_t* column = w + c % n;
-        for (int64_t i = 0; i < m; ++i)
-          o[i * columns + c] = with_sign<SIGNED>(column[walk(p, i, int32_t(m)) * n], signs.data(), i);
+      const int64_t blocks = (columns + GENERATED_BLOCK - 1) / GENERATED_BLOCK;
+      at::parallel_for(0, blocks, 1, [&](int64_t first, int64_t last) {
+        std::vector<int32_t> rows(m * std::min(GENERATED_BLOCK, columns));
+        for (int64_t block = first; block < last; ++block) {
+          const int64_t c0 = block * GENERATED_BLOCK, width = std::min(GENERATED_BLOCK, columns - c0);
+          generated_rows(keys, m, false, c0, c0 + width, rows.data(), width);
+          gather_block<SIGNED>(rows.data(), width, w, m, n, c0, width, sign_keys, o + c0, columns);
+        }
       });
     });
   });
@@ -252,40 +346,20 @@ struct Permutation {
   int64_t columns() const { return generated ? p.size(2) : p.size(1); }
 };
 
-// block (m, c1 - c0) = W_p[:, c0:c1] and rows (m, c1 - c0) = P's rows there, each where its pointer is not null
-// (rows only for generated P: stored rows are read where they are); the block's entries with their signs.
+// block (m, c1 - c0) = W_p[:, c0:c1], where not null, with its entries' signs; for generated P, rows (m, c1 - c0)
+// are made P's rows there first (stored rows are read where they are).
 template <bool SIGNED, typename scalar_t>
 static void make_block(const Permutation& perm, const scalar_t* w, int64_t m, int64_t n, int64_t c0, int64_t c1,
                        scalar_t* block, int32_t* rows) {
   const int64_t width = c1 - c0;
   if (perm.generated) {
-    for_each_column(perm.p, m, false, c0, c1, [&](int64_t c, const int32_t* table) {
-      thread_local std::vector<float> signs;
-      if constexpr (SIGNED) {
-        if (block != nullptr) signs.resize(m), column_signs(perm.signs[c], m, signs.data());
-      }
-      const scalar_t* column = w + c % n;
-      for (int64_t i = 0; i < m; ++i) {
-        const int32_t r = walk(table, i, int32_t(m));
-        if (block != nullptr) block[i * width + c - c0] = with_sign<SIGNED>(column[int64_t(r) * n], signs.data(), i);
-        if (rows != nullptr) rows[i * width + c - c0] = r;
-      }
-    });
+    generated_rows(perm.p, m, false, c0, c1, rows, width);
+    if (block != nullptr) gather_block<SIGNED>(rows, width, w, m, n, c0, width, perm.signs, block, width);
     return;
   }
   if (block == nullptr) return;
-  const int64_t columns = perm.p.size(1);
   with_index(perm.p, [&](const auto* index) {
-    at::parallel_for(0, m, 64, [&](int64_t begin, int64_t end) {
-      std::vector<float> signs(SIGNED ? width : 0);
-      for (int64_t i = begin; i < end; ++i) {
-        if constexpr (SIGNED) row_signs(perm.signs + c0, i, width, signs.data());
-        const auto* from = index + i * columns + c0;
-        scalar_t* to = block + i * width;
-        for (int64_t c = 0, j = c0 % n; c < width; ++c, j = j + 1 == n ? 0 : j + 1)
-          to[c] = with_sign<SIGNED>(w[int64_t(from[c]) * n + j], signs.data(), c);
-      }
-    });
+    gather_block<SIGNED>(index + c0, perm.p.size(1), w, m, n, c0, width, perm.signs, block, width);
   });
 }
 
@@ -348,15 +422,20 @@ torch::Tensor fused_matmul(const torch::Tensor& x, const torch::Tensor& weight, 
       const int64_t blocks = (columns + block - 1) / block, runs = thread_runs(blocks);
       // each run's tile, made here on the calling thread: the memory a step takes then depends on the thread count
       // alone, never on how the threads were scheduled (made inside the runs, two tiles were alive at once or not)
-      std::vector<torch::Tensor> buffers;
-      for (int64_t run = 0; run < runs; ++run) buffers.push_back(torch::empty({m * std::min(block, columns)}, weight.options()));
+      // (and, generated, its rows of P)
+      std::vector<torch::Tensor> buffers, rows;
+      for (int64_t run = 0; run < runs; ++run) {
+        buffers.push_back(torch::empty({m * std::min(block, columns)}, weight.options()));
+        rows.push_back(torch::empty({generated ? m * std::min(block, columns) : 0}, weight.options().dtype(torch::kInt32)));
+      }
       for_each_run(runs, blocks, [&](int64_t run, int64_t first, int64_t end) {
         auto& buffer = buffers[run];
+        int32_t* block_rows = generated ? rows[run].data_ptr<int32_t>() : nullptr;
         for (int64_t c0 = first * block; c0 < std::min(end * block, columns); c0 += block) {
           const int64_t width = std::min(block, columns - c0);
           auto tile = buffer.narrow(0, 0, m * width).view({m, width});
           make_block<SIGNED>(perm, w_contiguous.data_ptr<scalar_t>(), m, n, c0, c0 + width, tile.data_ptr<scalar_t>(),
-                             nullptr);
+                             block_rows);
           auto out = y.narrow(1, c0, width);  // a strided view: the product is written in place
           at::mm_out(out, x, tile);
         }
@@ -422,7 +501,7 @@ std::tuple<torch::Tensor, torch::Tensor> fused_backward(const torch::Tensor& gra
       for (int64_t slot = 0; slot < slots; ++slot)
         scratch.push_back({torch::empty({need_x ? m * max_width : 0}, options),
                            torch::empty({need_weight ? m * max_width : 0}, options),
-                           torch::empty({need_weight && generated ? m * max_width : 0}, options.dtype(torch::kInt32))});
+                           torch::empty({generated ? m * max_width : 0}, options.dtype(torch::kInt32))});
       for_each_run(runs, blocks, [&](int64_t run, int64_t first, int64_t end) {
         const int64_t slot = at::get_thread_num();  // one thread per slot: no two runs at once share scratch
         TORCH_INTERNAL_ASSERT(slot < slots, "fused_backward: thread ", slot, " of ", slots, " scratch slots");

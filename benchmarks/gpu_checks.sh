@@ -40,6 +40,9 @@ fi
 if section bench "RPP layer benchmark on CUDA, triton and triton-fused: eager, and compiled with CUDA graphs"; then
   timeout 540 $PY benchmarks/rpp_layer.py --device cuda --shapes 784,10,100 --repeats 15 \
     --compile-mode reduce-overhead --compile-optimizer 2>&1 | grep -v Warning | tee "$out/rpp_layer_cuda.log"
+  # the step against its floor, the three products of its shapes, and nn.Linear (issue 25): about a minute
+  timeout 150 $PY benchmarks/matmul_floor.py --device cuda --rounds 10 2>&1 | grep -v Warning \
+    | tee "$out/matmul_floor_cuda.log"
 fi
 
 if section pipeline "one epoch through the pipeline against a bare loop on the GPU"; then

@@ -225,3 +225,30 @@ def test_the_title_names_every_data_set_epoch_count_and_size_of_the_finished_job
     assert data_name(jobs) == "Fashion-MNIST / MNIST"
     assert run_settings(jobs) == "2/5 epochs, 500/5,000 training images"
     assert run_settings([job(state="failed", max_epochs=3)]) is None
+
+
+def test_a_memory_csv_reads_back_as_numbers_in_legend_order(tmp_path):
+    from rppnets.analysis.report_data import read_memory_csv
+
+    columns = ["network", "permutation", "state_bytes", "step_peak_bytes", "batch_size", "device", "loss"]
+    rows = [["mine", "", 5, 6, 32, "cpu", ""], ["softmax", "", 7, 8, "", "cpu", "1.5"],
+            ["rpp", "generated", 1, 2, 128, "cpu\r\n(2 threads)", "2.25"], ["rpp", "stored", 3, "", 128, "cpu", "2.5"]]
+    with open(tmp_path / "memory.csv", "w", newline="") as file:
+        csv.writer(file).writerows([columns, *rows])
+    read = read_memory_csv(tmp_path / "memory.csv")
+    assert [(r["network"], r["permutation"], r["state_bytes"], r["step_peak_bytes"], r["batch_size"], r["loss"])
+            for r in read] == [("rpp", "generated", 1, 2, 128, 2.25), ("rpp", "stored", 3, None, 128, 2.5),
+                               ("softmax", "", 7, 8, None, 1.5), ("mine", "", 5, 6, 32, None)]
+    assert read[0]["device"] == "cpu\r\n(2 threads)"  # a quoted line break is the field's own
+    assert read_memory_csv(tmp_path / "none.csv") == []
+
+
+def test_memory_points_leave_out_a_network_without_a_finished_seed_and_go_on():
+    from rppnets.analysis.report_data import memory_points
+
+    def row(network, seeds):
+        return {"network": network, "seeds": seeds, "final_train_loss": 0.5, "test_acc": 0.8, "state_bytes": 10,
+                "step_peak_bytes": 20}
+
+    points = memory_points([row("rpp", 0), row("dense_wide", 3)], [])
+    assert [(p["network"], p["state_bytes"], p["step_peak_bytes"]) for p in points] == [("dense_wide", 10, 20)]

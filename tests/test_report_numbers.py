@@ -252,3 +252,12 @@ def test_memory_points_leave_out_a_network_without_a_finished_seed_and_go_on():
 
     points = memory_points([row("rpp", 0), row("dense_wide", 3)], [])
     assert [(p["network"], p["state_bytes"], p["step_peak_bytes"]) for p in points] == [("dense_wide", 10, 20)]
+
+
+def test_jobs_sort_by_legend_then_seed_with_an_unknown_seed_last():
+    from rppnets.analysis.report_data import job_order
+
+    jobs = [Job("mine", 0), Job("rpp", None, state="missing"), Job("rpp", 2), Job("dense_wide", 0), Job("rpp", 1),
+            Job("rpp", 0), Job("aaa", 1)]
+    assert [(job.network, job.seed) for job in sorted(jobs, key=job_order)] == [
+        ("rpp", 0), ("rpp", 1), ("rpp", 2), ("rpp", None), ("dense_wide", 0), ("aaa", 1), ("mine", 0)]

@@ -261,3 +261,27 @@ def test_jobs_sort_by_legend_then_seed_with_an_unknown_seed_last():
             Job("rpp", 0), Job("aaa", 1)]
     assert [(job.network, job.seed) for job in sorted(jobs, key=job_order)] == [
         ("rpp", 0), ("rpp", 1), ("rpp", 2), ("rpp", None), ("dense_wide", 0), ("aaa", 1), ("mine", 0)]
+
+
+def test_a_sweep_that_mixes_configurations_or_repeats_a_job_is_refused_by_name(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(FileNotFoundError, match=f"^sweep folder {missing} does not exist$"):
+        load_sweep(missing)
+    for network, seed in (("rpp", 0), ("rpp", 1)):
+        write_job(tmp_path / f"{network}-seed{seed}", network, seed, LOSSES[network][seed])
+    results = tmp_path / "rpp-seed1" / "results.json"
+    for attribute, other in (("experiment_hash", "f"), ("group", "h")):
+        original = results.read_text()
+        results.write_text(json.dumps(json.loads(original) | {attribute: other}))
+        expected = (f"{tmp_path} mixes 2 values of {attribute}: {'e' if attribute == 'experiment_hash' else 'g'} "
+                    f"(1 jobs, e.g. {tmp_path / 'rpp-seed0'}); {other} (1 jobs, e.g. {tmp_path / 'rpp-seed1'}). Report "
+                    "one configuration at a time (point the report at one sweep).")
+        with pytest.raises(ValueError) as refused:
+            load_sweep(tmp_path)
+        assert str(refused.value) == expected
+        results.write_text(original)
+    write_job(tmp_path / "again" / "rpp-seed1", "rpp", 1, LOSSES["rpp"][1])
+    with pytest.raises(ValueError) as refused:
+        load_sweep(tmp_path)
+    assert str(refused.value) in [f"two jobs for network=rpp seed=1: {a} and {b}" for a, b in (
+        (tmp_path / "rpp-seed1", tmp_path / "again" / "rpp-seed1"), (tmp_path / "again" / "rpp-seed1", tmp_path / "rpp-seed1"))]

@@ -285,3 +285,24 @@ def test_a_sweep_that_mixes_configurations_or_repeats_a_job_is_refused_by_name(t
         load_sweep(tmp_path)
     assert str(refused.value) in [f"two jobs for network=rpp seed=1: {a} and {b}" for a, b in (
         (tmp_path / "rpp-seed1", tmp_path / "again" / "rpp-seed1"), (tmp_path / "again" / "rpp-seed1", tmp_path / "rpp-seed1"))]
+
+
+def multirun_yaml(sweep: Path, task: list[str], **config) -> None:
+    """multirun.yaml as Hydra saves it for the basic sweeper: the config's own values and the command's overrides."""
+    hydra = {"sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper", "params": None},
+             "overrides": {"task": task}}
+    sweep.mkdir(parents=True, exist_ok=True)
+    (sweep / "multirun.yaml").write_text(json.dumps(config | {"hydra": hydra}))
+
+
+def test_the_expected_jobs_take_the_configs_own_network_or_seed_where_the_grid_does_not_sweep_it(tmp_path):
+    from rppnets.analysis.report_data import expected_jobs
+
+    multirun_yaml(tmp_path / "seeds", ["seed=0,1"], network="rpp", seed=0)
+    assert expected_jobs(tmp_path / "seeds") == ([("rpp", 0), ("rpp", 1)], None)
+    multirun_yaml(tmp_path / "networks", ["network=rpp,softmax"], network="dense_wide", seed=3)
+    assert expected_jobs(tmp_path / "networks") == ([("rpp", 3), ("softmax", 3)], None)
+    multirun_yaml(tmp_path / "no-seed", ["network=rpp,softmax"], network="rpp", seed=None)
+    pairs, note = expected_jobs(tmp_path / "no-seed")
+    assert pairs is None and note == (f"expected jobs unknown: the grid in {tmp_path / 'no-seed' / 'multirun.yaml'} "
+                                      "does not name a network and a seed per job")

@@ -306,3 +306,5 @@ def test_the_expected_jobs_take_the_configs_own_network_or_seed_where_the_grid_d
     pairs, note = expected_jobs(tmp_path / "no-seed")
     assert pairs is None and note == (f"expected jobs unknown: the grid in {tmp_path / 'no-seed' / 'multirun.yaml'} "
                                       "does not name a network and a seed per job")
+    multirun_yaml(tmp_path / "null-network", ["network=null", "seed=0,1"], network="rpp", seed=0)
+    assert expected_jobs(tmp_path / "null-network")[0] is None  # network=null on the command line: none named

@@ -84,6 +84,7 @@ def build_state(folder: Path) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.long  # 48 s (two real compiles); make test keeps the key's unit tests above (CI time)
 @pytest.mark.skipif(shutil.which(os.environ.get("CXX", "c++")) is None, reason="no C++ compiler")
 def test_two_environments_sharing_a_cache_build_once_each_and_never_again(tmp_path):
     cache, source = tmp_path / "torch_extensions", tmp_path / cpu_kernels.SOURCE.name
